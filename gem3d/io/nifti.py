@@ -1,0 +1,182 @@
+"""Reading and writing NIfTI with nibabel: every check on a raw case happens here, at the boundary.
+
+`load_case` either returns a case that is safe to preprocess or raises an `InputError` naming the file.
+`inspect_row` turns the outcome into one row of the raw inventory that the raw data contract validates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from gem3d.errors import (
+    DimensionError,
+    EmptyImageError,
+    GeometryMismatchError,
+    InputError,
+    LabelError,
+    MissingFileError,
+    NonFiniteError,
+    UnreadableFileError,
+)
+from gem3d.io.layouts import CaseRef
+
+AFFINE_TOLERANCE = 1e-3
+
+
+@dataclass
+class LoadedCase:
+    """A raw case as read from disk: arrays in the file's voxel order (X, Y, Z) and its affine."""
+
+    ref: CaseRef
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+    image_sha256: str
+    label_sha256: str
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Content hash of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read(path: Path) -> nib.Nifti1Image:
+    if not path.exists():
+        raise MissingFileError(path, "file does not exist")
+    try:
+        image = nib.load(path)
+        image.get_fdata(dtype=np.float32)
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as error:
+        raise UnreadableFileError(path, f"cannot read NIfTI: {error}") from error
+    return image
+
+
+def _image_data(nifti: nib.Nifti1Image, ref: CaseRef) -> np.ndarray:
+    data = np.asanyarray(nifti.dataobj).astype(np.float32)
+    if ref.channel is not None:
+        if data.ndim != 4:
+            raise DimensionError(ref.image_path, f"expected a 4D multi-channel image, got {data.ndim}D")
+        if ref.channel >= data.shape[3]:
+            raise DimensionError(ref.image_path, f"channel {ref.channel} out of range for shape {data.shape}")
+        data = data[..., ref.channel]
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DimensionError(ref.image_path, f"expected a 3D image, got shape {data.shape}")
+    return data
+
+
+def load_case(ref: CaseRef, declared_labels: set[int] | None) -> LoadedCase:
+    """Read and check one case; raise an `InputError` subclass naming the file and the problem."""
+    image_nifti = _read(ref.image_path)
+    label_nifti = _read(ref.label_path)
+    image = _image_data(image_nifti, ref)
+    label_raw = np.asanyarray(label_nifti.dataobj)
+    if label_raw.ndim == 4 and label_raw.shape[3] == 1:
+        label_raw = label_raw[..., 0]
+    if label_raw.ndim != 3:
+        raise DimensionError(ref.label_path, f"expected a 3D label volume, got shape {label_raw.shape}")
+    if label_raw.shape != image.shape:
+        raise GeometryMismatchError(
+            ref.label_path, f"label shape {label_raw.shape} differs from image shape {image.shape}"
+        )
+    if not np.allclose(image_nifti.affine, label_nifti.affine, atol=AFFINE_TOLERANCE):
+        raise GeometryMismatchError(ref.label_path, "label affine differs from the image affine")
+    if not np.all(np.isfinite(image)):
+        count = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        raise NonFiniteError(ref.image_path, f"{count} NaN or infinite voxels")
+    label_float = np.asarray(label_raw, dtype=np.float64)
+    if not np.all(np.isfinite(label_float)) or np.any(label_float != np.round(label_float)):
+        raise LabelError(ref.label_path, "label volume holds non-integer values")
+    label = label_float.astype(np.int64)
+    values = set(np.unique(label).tolist())
+    if declared_labels and not values <= declared_labels:
+        raise LabelError(ref.label_path, f"label values {sorted(values - declared_labels)} are not declared")
+    if label.min() < 0 or label.max() > 255:
+        raise LabelError(ref.label_path, f"label values must lie in 0..255, got {label.min()}..{label.max()}")
+    if float(image.max()) == float(image.min()):
+        raise EmptyImageError(ref.image_path, f"image is constant ({float(image.min())})")
+    spacing = np.asarray(image_nifti.header.get_zooms()[:3], dtype=float)
+    if np.any(spacing <= 0):
+        raise GeometryMismatchError(ref.image_path, f"non-positive voxel spacing {spacing.tolist()}")
+    return LoadedCase(
+        ref=ref,
+        image=image,
+        label=label.astype(np.uint8),
+        affine=np.asarray(image_nifti.affine, dtype=np.float64),
+        image_sha256=sha256_file(ref.image_path),
+        label_sha256=sha256_file(ref.label_path),
+    )
+
+
+def inventory_row(ref: CaseRef, case: LoadedCase | None, error: InputError | None) -> dict:
+    """One row of the raw inventory (what the raw contract validates); failed cases keep their reason."""
+    row = {
+        "case_id": ref.case_id,
+        "image_path": str(ref.image_path),
+        "label_path": str(ref.label_path),
+        "readable": case is not None,
+        "error_kind": error.kind if error else "",
+        "error": str(error) if error else "",
+    }
+    if case is None:
+        return row | {
+            "image_ndim": 0,
+            "label_ndim": 0,
+            "image_shape": "",
+            "label_shape": "",
+            "shapes_match": False,
+            "affines_match": False,
+            "spacing_min": 0.0,
+            "label_max": 0,
+            "labels_outside_declared": 0,
+            "nonfinite_voxels": 0,
+            "image_sha256": "",
+            "label_sha256": "",
+        }
+    spacing = np.sqrt((case.affine[:3, :3] ** 2).sum(axis=0))
+    return row | {
+        "image_ndim": case.image.ndim,
+        "label_ndim": case.label.ndim,
+        "image_shape": "x".join(map(str, case.image.shape)),
+        "label_shape": "x".join(map(str, case.label.shape)),
+        "shapes_match": case.image.shape == case.label.shape,
+        "affines_match": True,
+        "spacing_min": float(spacing.min()),
+        "label_max": int(case.label.max()),
+        "labels_outside_declared": 0,
+        "nonfinite_voxels": int(np.size(case.image) - np.count_nonzero(np.isfinite(case.image))),
+        "image_sha256": case.image_sha256,
+        "label_sha256": case.label_sha256,
+    }
+
+
+def atomic_save_nifti(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
+    """Write a NIfTI with its affine (qform and sform) under a temporary name, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        nib.save(image, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,5 @@
+"""Prefect tasks wrapping gem3d library calls; importing this package applies the offline defaults first."""
+
+from tasks.environment import apply_offline_defaults
+
+apply_offline_defaults()

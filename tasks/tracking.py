@@ -1,0 +1,54 @@
+"""MLflow tracking for every step: a local sqlite store under the work directory unless the user says otherwise."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+
+from gem3d.config import Config, config_hash
+
+EXPERIMENT = "gem3d"
+
+
+def tracking_uri(workdir: str | Path) -> str:
+    """`MLFLOW_TRACKING_URI` when set, else a sqlite file in the work directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def use_tracking(workdir: str | Path) -> str:
+    """Point MLflow at the work directory's store and make sure the experiment exists there."""
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(workdir)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(EXPERIMENT, artifact_location=(workdir / "mlartifacts").as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return uri
+
+
+def flatten(payload: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config dict -> flat `section.key` params (MLflow params are flat strings)."""
+    flat: dict[str, str] = {}
+    for key, value in payload.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+@contextmanager
+def tracked_run(name: str, workdir: str | Path, config: Config, tags: dict | None = None) -> Iterator[str]:
+    """An MLflow run (nested when one is active) with the full config as params; yields its run id."""
+    use_tracking(workdir)
+    nested = mlflow.active_run() is not None
+    run_tags = {"gem3d.config_hash": config_hash(config), "gem3d.step": name, **(tags or {})}
+    with mlflow.start_run(run_name=name, nested=nested, tags=run_tags) as run:
+        mlflow.log_params(flatten(config.model_dump(mode="json")))
+        yield run.info.run_id
