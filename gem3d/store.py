@@ -3,8 +3,8 @@
 Layout::
 
     STORE/                     Zarr group (attrs: format version, config hash, labels, modality)
-      cases/<case_id>/image    (Z, H, W) float32 in [-1, 1], one chunk per slice
-      cases/<case_id>/label    (Z, H, W) uint8, one chunk per slice
+      cases/<case_id>/image    (Z, H, W) float32 in [-1, 1], chunks of SLICES_PER_CHUNK slices
+      cases/<case_id>/label    (Z, H, W) uint8, same chunks
       cases/<case_id>          attrs: affine, spacing, geometry, normalisation, hashes, config hash
       manifest.parquet         one row per case (rebuilt from the case attributes)
       quarantine.json          cases refused, with file and reason
@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 CASES = "cases"
 MANIFEST = "manifest.parquet"
 QUARANTINE = "quarantine.json"
+SLICES_PER_CHUNK = 4
 
 
 def staging_dir(store: str | Path) -> Path:
@@ -87,8 +88,9 @@ def stage_case(
     staging = Path(tempfile.mkdtemp(prefix=f"{case_id}.", dir=staging_dir(store)))
     group = zarr.open_group(staging, mode="w")
     _, height, width = image.shape
-    group.create_array("image", data=image.astype(np.float32), chunks=(1, height, width))
-    group.create_array("label", data=label.astype(np.uint8), chunks=(1, height, width))
+    chunks = (SLICES_PER_CHUNK, height, width)
+    group.create_array("image", data=image.astype(np.float32), chunks=chunks)
+    group.create_array("label", data=label.astype(np.uint8), chunks=chunks)
     group.attrs.update({"case_id": case_id, **attributes})
     return staging
 
