@@ -59,14 +59,10 @@ def phantoms(
 
 @app.command()
 def preprocess(
-    dataset: Annotated[
-        Path, typer.Option("--dataset", help="MSD, nnU-Net v2 raw, or image/label pairs folder")
-    ],
+    dataset: Annotated[Path, typer.Option("--dataset", help="MSD, nnU-Net v2 raw, or image/label pairs folder")],
     store: Annotated[Path, typer.Option("--store", help="Zarr store to create or update")],
     config: ConfigOption = None,
-    channel: Annotated[
-        str | None, typer.Option("--channel", help="channel name or index (e.g. FLAIR)")
-    ] = None,
+    channel: Annotated[str | None, typer.Option("--channel", help="channel name or index (e.g. FLAIR)")] = None,
     workdir: Annotated[Path | None, typer.Option("--workdir", help="MLflow store location")] = None,
     dask_address: DaskOption = None,
     workers: WorkersOption = 2,
@@ -135,9 +131,7 @@ def export(
 
 @app.command()
 def run(
-    dataset: Annotated[
-        Path | None, typer.Option("--dataset", help="dataset folder; phantoms when absent")
-    ] = None,
+    dataset: Annotated[Path | None, typer.Option("--dataset", help="dataset folder; phantoms when absent")] = None,
     config: ConfigOption = None,
     workdir: Annotated[Path, typer.Option("--workdir", help="where stores, models and reports go")] = Path(
         "gem3d-work"

@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-from gem3d.io.phantoms import write_phantom_dataset
 from prefect import flow
 
 from flows.preprocess import preprocess_flow
 from gem3d.config import load_config
+from gem3d.io.phantoms import write_phantom_dataset
 from tasks.runners import make_task_runner
 from tasks.tracking import tracked_run
 
@@ -42,9 +42,7 @@ def pipeline_flow(
         dataset = str(phantom_dir)
     store = root / "store.zarr"
     with tracked_run("pipeline", root, config):
-        summary = preprocess_flow.with_options(task_runner=fan_out)(
-            dataset, str(store), config_path, None, str(root)
-        )
+        summary = preprocess_flow.with_options(task_runner=fan_out)(dataset, str(store), config_path, None, str(root))
         mlflow.log_metric("cases_ok", summary["published"])
     return {
         "dataset": dataset,

@@ -19,9 +19,7 @@ def validate_store(store: str) -> list[ContractResult]:
     manifest = read_manifest(store_path)
     num_classes = len(attributes["labels"]) if attributes.get("labels") else 256
     results = [
-        preprocessed_contract(
-            manifest, attributes["in_plane_size"], attributes["window_length"], num_classes
-        ),
+        preprocessed_contract(manifest, attributes["in_plane_size"], attributes["window_length"], num_classes),
         training_ready_contract(manifest, attributes["window_length"], attributes["in_plane_size"]),
     ]
     for result in results:

@@ -46,9 +46,7 @@ class DataConfig(_Section):
             raise ValueError(f"split_fractions must sum to 1, got {self.split_fractions}")
         low, high = self.mri_percentiles
         if not 0 <= low < high <= 100:
-            raise ValueError(
-                f"mri_percentiles must satisfy 0 <= low < high <= 100, got {self.mri_percentiles}"
-            )
+            raise ValueError(f"mri_percentiles must satisfy 0 <= low < high <= 100, got {self.mri_percentiles}")
         if self.ct_window[0] >= self.ct_window[1]:
             raise ValueError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
         return self

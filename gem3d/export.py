@@ -21,10 +21,6 @@ def export_case_nifti(
         image = denormalise_intensity(image, attributes["normalisation"])
     affine = np.asarray(attributes["affine"], dtype=float)
     out_dir = Path(out_dir)
-    image_path = atomic_save_nifti(
-        stored_to_ras(image.astype(np.float32)), affine, out_dir / f"{case_id}_image.nii.gz"
-    )
-    label_path = atomic_save_nifti(
-        stored_to_ras(label.astype(np.uint8)), affine, out_dir / f"{case_id}_label.nii.gz"
-    )
+    image_path = atomic_save_nifti(stored_to_ras(image.astype(np.float32)), affine, out_dir / f"{case_id}_image.nii.gz")
+    label_path = atomic_save_nifti(stored_to_ras(label.astype(np.uint8)), affine, out_dir / f"{case_id}_label.nii.gz")
     return image_path, label_path

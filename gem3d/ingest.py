@@ -57,9 +57,7 @@ def declared_label_values(info: DatasetInfo) -> list[int]:
     return sorted(set(info.labels) | {0})
 
 
-def process_case(
-    ref: CaseRef, info: DatasetInfo, config: DataConfig, store: Path, data_hash: str
-) -> CaseOutcome:
+def process_case(ref: CaseRef, info: DatasetInfo, config: DataConfig, store: Path, data_hash: str) -> CaseOutcome:
     """Load, check, preprocess and stage one case; skip it when its sources and config are unchanged."""
     declared = declared_label_values(info) if info.labels else None
     try:

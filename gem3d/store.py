@@ -79,9 +79,7 @@ def case_attributes(store: str | Path, case_id: str) -> dict:
     return dict(zarr.open_group(path, mode="r").attrs)
 
 
-def stage_case(
-    store: str | Path, case_id: str, image: np.ndarray, label: np.ndarray, attributes: dict
-) -> Path:
+def stage_case(store: str | Path, case_id: str, image: np.ndarray, label: np.ndarray, attributes: dict) -> Path:
     """Write one case as a standalone group in the staging folder; nothing in the store changes yet."""
     if image.shape != label.shape or image.ndim != 3:
         raise StoreError(case_id, f"image {image.shape} and label {label.shape} must be equal (Z, H, W)")
@@ -130,9 +128,7 @@ def open_case_arrays(store: str | Path, case_id: str) -> tuple[zarr.Array, zarr.
         raise StoreError(path, f"case {case_id!r} is not in the store") from error
 
 
-def read_window(
-    store: str | Path, case_id: str, start_slice: int, window_length: int
-) -> tuple[np.ndarray, np.ndarray]:
+def read_window(store: str | Path, case_id: str, start_slice: int, window_length: int) -> tuple[np.ndarray, np.ndarray]:
     """Slices `start_slice .. start_slice + window_length - 1` of a case: `(L, H, W)` image and label."""
     image, label = open_case_arrays(store, case_id)
     stop = start_slice + window_length

@@ -16,9 +16,7 @@ from gem3d.io.layouts import CaseRef, DatasetInfo, discover_dataset
 def discover_dataset_task(dataset: str | Path, channel: str | int | None) -> DatasetInfo:
     """Detect the dataset layout and list its cases."""
     info = discover_dataset(dataset, channel)
-    get_run_logger().info(
-        "%s layout, %d cases, %d layout problems", info.layout, len(info.cases), len(info.problems)
-    )
+    get_run_logger().info("%s layout, %d cases, %d layout problems", info.layout, len(info.cases), len(info.problems))
     return info
 
 
@@ -29,8 +27,6 @@ def discover_dataset_task(dataset: str | Path, channel: str | int | None) -> Dat
     retries=2,
     retry_delay_seconds=1,
 )
-def process_case_task(
-    ref: CaseRef, info: DatasetInfo, config: DataConfig, store: Path, data_hash: str
-) -> CaseOutcome:
+def process_case_task(ref: CaseRef, info: DatasetInfo, config: DataConfig, store: Path, data_hash: str) -> CaseOutcome:
     """Preprocess one case into the staging area; input problems come back as a failed outcome, not a crash."""
     return process_case(ref, info, config, store, data_hash)

@@ -16,9 +16,7 @@ def make_task_runner(address: str | None = None, workers: int = 2) -> DaskTaskRu
     if address:
         return DaskTaskRunner(address=address)
     if torch.cuda.is_available() and importlib.util.find_spec("dask_cuda") is not None:
-        return DaskTaskRunner(
-            cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs={"dashboard_address": None}
-        )
+        return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs={"dashboard_address": None})
     return DaskTaskRunner(
         cluster_kwargs={
             "n_workers": max(1, workers),

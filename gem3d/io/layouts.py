@@ -137,9 +137,7 @@ def _discover_nnunet(root: Path, meta: dict, channel: str | int | None) -> Datas
             problems.append(MissingFileError(label, f"label file of case {case_id} does not exist"))
             continue
         cases.append(CaseRef(case_id, image.resolve(), label.resolve()))
-    return DatasetInfo(
-        root, "nnunet", _modality_of(name), _labels_from_nnunet(meta["labels"]), cases, problems
-    )
+    return DatasetInfo(root, "nnunet", _modality_of(name), _labels_from_nnunet(meta["labels"]), cases, problems)
 
 
 def _discover_pairs(root: Path) -> DatasetInfo:
