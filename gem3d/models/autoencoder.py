@@ -1,0 +1,124 @@
+"""The first stage: a diffusers KL autoencoder between slices and latents, or the identity (pixel space).
+
+Both codecs share one interface (`encode`, `decode`, `latent_channels`, `downsampling`), so the pipeline
+treats pixel-space and latent diffusion alike. Slices are single-channel `(N, 1, H, W)` in `[-1, 1]`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from einops import reduce, repeat
+from torch import nn
+
+from gem3d.errors import MissingFileError, UnreadableFileError
+
+
+class PixelCodec(nn.Module):
+    """Identity first stage: diffusion runs directly on slices."""
+
+    latent_channels = 1
+    downsampling = 1
+
+    def encode(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """(N, 1, H, W) -> the same tensor."""
+        return x
+
+    def decode(self, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """(N, 1, H, W) -> the same tensor."""
+        return z
+
+
+class LatentCodec(nn.Module):
+    """A frozen-in-use AutoencoderKL: posterior-mean latents times `scale_factor`, decoded in chunks.
+
+    Grayscale slices are repeated to the model's input channels; decoded channels are averaged back to one.
+    """
+
+    def __init__(self, autoencoder: AutoencoderKL, scale_factor: float | None = None) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.scale_factor = autoencoder.config.scaling_factor if scale_factor is None else scale_factor
+        self.in_channels = autoencoder.config.in_channels
+        self.latent_channels = autoencoder.config.latent_channels
+        self.downsampling = 2 ** (len(autoencoder.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """(N, 1, H, W) in [-1, 1] -> (N, C_lat, H / f, W / f), `chunk` slices at a time."""
+        latents = []
+        for part in x.split(chunk):
+            # (n, 1, H, W) -> (n, C_in, H, W)
+            part = repeat(part, "n 1 h w -> n c h w", c=self.in_channels)
+            latents.append(self.autoencoder.encode(part).latent_dist.mean * self.scale_factor)
+        return torch.cat(latents)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """(N, C_lat, h, w) -> (N, 1, h * f, w * f), `chunk` slices at a time."""
+        slices = []
+        for part in z.split(chunk):
+            decoded = self.autoencoder.decode(part / self.scale_factor).sample
+            slices.append(reduce(decoded, "n c h w -> n 1 h w", "mean"))
+        return torch.cat(slices)
+
+
+def build_autoencoder(
+    latent_channels: int,
+    block_channels: Sequence[int],
+    in_channels: int = 1,
+    layers_per_block: int = 1,
+    scale_factor: float = 0.18215,
+) -> AutoencoderKL:
+    """A fresh KL autoencoder for training on our slices; downsampling `2 ** (len(block_channels) - 1)`."""
+    return AutoencoderKL(
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(block_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(block_channels),
+        block_out_channels=tuple(block_channels),
+        layers_per_block=layers_per_block,
+        latent_channels=latent_channels,
+        norm_num_groups=math.gcd(32, *block_channels),
+        scaling_factor=scale_factor,
+    )
+
+
+def load_pretrained_autoencoder(path: str | Path, scale_factor: float | None = None) -> LatentCodec:
+    """Load a diffusers-format AutoencoderKL folder offline; `scale_factor` None uses the folder's own."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise MissingFileError(path, "no diffusers AutoencoderKL here (config.json missing)")
+    try:
+        autoencoder = AutoencoderKL.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise UnreadableFileError(path, f"cannot load the autoencoder: {error}") from error
+    return LatentCodec(autoencoder, scale_factor)
+
+
+def autoencoder_loss(
+    model: AutoencoderKL, x: torch.Tensor, kl_weight: float, reconstruction: Literal["l1", "mse"] = "l1"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training loss of the first stage on slices (N, 1, H, W): reconstruction + `kl_weight` * KL.
+
+    Weighted as in latent diffusion (per-slice sums of both terms) and divided by the pixels per slice, so
+    the loss is on the scale of a per-pixel error. Returns it and the (N, 1, H, W) reconstruction of a
+    posterior sample.
+    """
+    inputs = repeat(x, "n 1 h w -> n c h w", c=model.config.in_channels)
+    posterior = model.encode(inputs).latent_dist
+    decoded = reduce(model.decode(posterior.sample()).sample, "n c h w -> n 1 h w", "mean")
+    if reconstruction == "l1":
+        reconstruction_loss = F.l1_loss(decoded, x)
+    elif reconstruction == "mse":
+        reconstruction_loss = F.mse_loss(decoded, x)
+    else:
+        raise ValueError(f"unknown reconstruction loss {reconstruction!r}; expected 'l1' or 'mse'")
+    kl_per_pixel = posterior.kl().mean() / x[0].numel()
+    return reconstruction_loss + kl_weight * kl_per_pixel, decoded

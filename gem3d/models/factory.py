@@ -1,0 +1,69 @@
+"""Networks built from the configuration: the first-stage codec, the GEM-3D denoiser, the slice generator."""
+
+from __future__ import annotations
+
+from gem3d.config import Config
+from gem3d.errors import MissingFileError
+from gem3d.models.autoencoder import LatentCodec, PixelCodec, build_autoencoder, load_pretrained_autoencoder
+from gem3d.models.conditioning import GEM3DDenoiser, SliceGenerator
+
+
+def sample_channels(config: Config) -> int:
+    """Channels of the diffused samples: 1 in pixel space, the autoencoder's latent channels otherwise."""
+    return 1 if config.autoencoder.kind == "none" else config.autoencoder.latent_channels
+
+
+def mask_channels(config: Config, num_classes: int) -> int:
+    """Channels of the mask condition: one per foreground class (onehot) or the sample channels (encoder)."""
+    return num_classes if config.autoencoder.mask_conditioning == "onehot" else sample_channels(config)
+
+
+def _unet_kwargs(config: Config) -> dict:
+    denoiser = config.denoiser
+    return {
+        "model_channels": denoiser.model_channels,
+        "channel_mult": denoiser.channel_mult,
+        "num_res_blocks": denoiser.num_res_blocks,
+        "attention_levels": denoiser.attention_levels,
+        "head_channels": denoiser.head_channels,
+        "dropout": denoiser.dropout,
+        "gradient_checkpointing": config.train.gradient_checkpointing,
+    }
+
+
+def build_denoiser(config: Config, num_classes: int, use_informed_slice: bool = True) -> GEM3DDenoiser:
+    """The stage-1 GEM-3D denoiser (or the baseline without informed slice) for labels 0..num_classes."""
+    return GEM3DDenoiser(
+        sample_channels=sample_channels(config),
+        mask_channels=mask_channels(config, num_classes),
+        use_informed_slice=use_informed_slice,
+        **_unet_kwargs(config),
+    )
+
+
+def build_slice_generator(config: Config) -> SliceGenerator:
+    """The position-conditioned slice model that generates informed slices."""
+    return SliceGenerator(channels=sample_channels(config), **_unet_kwargs(config))
+
+
+def build_codec(config: Config) -> PixelCodec | LatentCodec:
+    """The first stage: identity (none), a fresh autoencoder (train), or one loaded offline (pretrained)."""
+    settings = config.autoencoder
+    if settings.kind == "none":
+        return PixelCodec()
+    if settings.kind == "train":
+        autoencoder = build_autoencoder(
+            settings.latent_channels, settings.block_channels, scale_factor=settings.scale_factor
+        )
+        return LatentCodec(autoencoder)
+    if settings.pretrained_path is None:
+        raise MissingFileError(
+            None, "autoencoder.kind is 'pretrained' but autoencoder.pretrained_path is not set in the config"
+        )
+    codec = load_pretrained_autoencoder(settings.pretrained_path, settings.scale_factor)
+    if codec.latent_channels != settings.latent_channels:
+        raise ValueError(
+            f"{settings.pretrained_path}: autoencoder has {codec.latent_channels} latent channels, "
+            f"config autoencoder.latent_channels says {settings.latent_channels}"
+        )
+    return codec
