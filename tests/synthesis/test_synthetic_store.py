@@ -1,0 +1,105 @@
+"""The synthetic store: atomic publication, skipped reruns, lineage table, quarantine, contract rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import gem3d.synthetic_store as synthetic_store
+from data_contracts import synthetic_contract
+from gem3d.config import config_hash
+from gem3d.errors import StoreError
+from gem3d.lineage import read_lineage_table
+from gem3d.store import read_manifest, staging_dir
+from gem3d.synthesis import SyntheticVolume, load_models, plan_enhancement, synthesize
+from gem3d.synthetic_store import (
+    LINEAGE,
+    list_synthetic,
+    quarantine,
+    read_synthetic,
+    synthetic_attributes,
+    synthetic_exists,
+    synthetic_row,
+    write_synthetic,
+)
+from tests.synthesis import CONFIG, build_models, build_store
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic_store")
+    store = build_store(root)
+    models = load_models(build_models(root / "models"), CONFIG, device="cpu")
+    cases = sorted(read_manifest(store)["case_id"])[:2]
+    plans = plan_enhancement(store, cases, "icma", 1, CONFIG, models.denoiser_ref.sha256, config_hash(CONFIG))
+    return synthesize(plans, store, models, CONFIG)
+
+
+def test_volumes_are_published_with_mask_and_lineage_and_reruns_skip_them(tmp_path, volumes):
+    target = tmp_path / "synthetic.zarr"
+    assert list_synthetic(target) == []
+    written = write_synthetic(target, volumes, flow_run_id="run-1")
+    ids = [volume.plan.synthetic_id for volume in volumes]
+    assert written == ids and list_synthetic(target) == sorted(ids)
+    for volume in volumes:
+        assert synthetic_exists(target, volume.plan.synthetic_id)
+        image, label, record = read_synthetic(target, volume.plan.synthetic_id)
+        np.testing.assert_array_equal(image, volume.image)
+        np.testing.assert_array_equal(label, volume.mask)
+        assert record == volume.lineage.model_copy(update={"flow_run_id": "run-1"})
+        attributes = synthetic_attributes(target, volume.plan.synthetic_id)
+        assert attributes["source_case_id"] == volume.plan.source_case_id
+        assert attributes["plan"]["synthetic_id"] == volume.plan.synthetic_id
+    assert {record.synthetic_id for record in read_lineage_table(target / LINEAGE)} == set(ids)
+    assert list(staging_dir(target).iterdir()) == []
+    stamp = (target / "cases" / ids[0] / "image" / "zarr.json").stat().st_mtime_ns
+    assert write_synthetic(target, volumes) == []
+    assert (target / "cases" / ids[0] / "image" / "zarr.json").stat().st_mtime_ns == stamp
+
+
+def test_a_volume_that_fails_its_read_back_check_is_never_published(tmp_path, volumes, monkeypatch):
+    def refuse(staged, volume):
+        raise StoreError(staged, "does not read back identically")
+
+    monkeypatch.setattr(synthetic_store, "_check_staged", refuse)
+    target = tmp_path / "synthetic.zarr"
+    with pytest.raises(StoreError, match="read back"):
+        write_synthetic(target, volumes[:1])
+    assert list_synthetic(target) == []
+    assert list(staging_dir(target).iterdir()) == []
+    assert not (target / LINEAGE).exists()
+
+
+def test_rows_pass_the_synthetic_contract_and_catch_broken_volumes(volumes):
+    rows = [synthetic_row(volume) for volume in volumes]
+    for row, volume in zip(rows, volumes, strict=True):
+        assert row["shape_matches_mask"] is True and row["nonfinite_voxels"] == 0 and row["lineage_missing"] == 0
+        assert row["image_min"] == float(volume.image.min()) and row["image_std"] == pytest.approx(volume.image.std())
+    broken_image = volumes[0].image.copy()
+    broken_image[0, 0, :3] = np.nan
+    broken = SyntheticVolume(
+        volumes[0].plan.model_copy(update={"synthetic_id": "syn-broken"}),
+        broken_image,
+        volumes[0].mask[:-1],
+        volumes[0].lineage.model_copy(update={"checkpoints": []}),
+    )
+    broken_row = synthetic_row(broken)
+    assert broken_row["nonfinite_voxels"] == 3 and broken_row["shape_matches_mask"] is False
+    assert broken_row["lineage_missing"] == 1
+    result = synthetic_contract(pd.DataFrame([*rows, broken_row]))
+    assert result.failed_case_ids == ["syn-broken"]
+
+
+def test_quarantine_appends_entries_atomically(tmp_path):
+    target = tmp_path / "synthetic.zarr"
+    quarantine(target, "syn-a", "mask is empty")
+    path = quarantine(target, "syn-b", "contract failed")
+    entries = json.loads(path.read_text())
+    assert [(entry["synthetic_id"], entry["reason"]) for entry in entries] == [
+        ("syn-a", "mask is empty"),
+        ("syn-b", "contract failed"),
+    ]
+    assert [child.name for child in path.parent.iterdir()] == ["quarantine.json"]
