@@ -189,8 +189,13 @@ def _blank(value: Any) -> bool:
 
 
 def missing_fields(record: LineageRecord) -> list[str]:
-    """Names of required fields that are blank, including nested ones such as "checkpoints[0].sha256"."""
-    missing = [name for name in REQUIRED_FIELDS if _blank(getattr(record, name))]
+    """Names of required fields that are blank, including nested ones such as "checkpoints[0].sha256".
+
+    A baseline volume has no informed slice by design, so it does not miss one.
+    """
+    baseline = any(checkpoint.role == "baseline" for checkpoint in record.checkpoints)
+    required = [name for name in REQUIRED_FIELDS if not (baseline and name == "informed_slice")]
+    missing = [name for name in required if _blank(getattr(record, name))]
     for index, source in enumerate(record.source_files):
         missing += [f"source_files[{index}].{name}" for name in ("path", "sha256", "role") if not getattr(source, name)]
     for index, checkpoint in enumerate(record.checkpoints):

@@ -47,14 +47,6 @@ def list_synthetic(store: str | Path) -> list[str]:
     return sorted(path.name for path in cases_dir.iterdir() if (path / "zarr.json").exists())
 
 
-def lineage_gaps(record: LineageRecord) -> list[str]:
-    """Missing lineage fields; a baseline volume (no informed slice by design) does not miss one."""
-    missing = missing_fields(record)
-    if any(checkpoint.role == "baseline" for checkpoint in record.checkpoints):
-        missing = [name for name in missing if name != "informed_slice"]
-    return missing
-
-
 def synthetic_row(volume: SyntheticVolume) -> dict:
     """One row of the per-volume table the synthetic data contract validates (plus source and setting)."""
     image = np.asarray(volume.image)
@@ -69,7 +61,7 @@ def synthetic_row(volume: SyntheticVolume) -> dict:
         "image_min": float(values.min()) if values.size else float("nan"),
         "image_max": float(values.max()) if values.size else float("nan"),
         "image_std": float(values.std()) if values.size else float("nan"),
-        "lineage_missing": len(lineage_gaps(volume.lineage)),
+        "lineage_missing": len(missing_fields(volume.lineage)),
     }
 
 
