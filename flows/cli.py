@@ -115,18 +115,174 @@ def validate(
 
 @app.command()
 def export(
-    store: Annotated[Path, typer.Option("--store", help="Zarr store")],
-    out: Annotated[Path, typer.Option("--out", help="output folder for NIfTI files")],
+    store: Annotated[Path, typer.Option("--store", help="real Zarr store")],
+    out: Annotated[Path, typer.Option("--out", help="output folder")],
+    synthetic: Annotated[Path | None, typer.Option("--synthetic", help="synthetic store to export")] = None,
+    format: Annotated[str, typer.Option("--format", help="nifti or nnunet")] = "nifti",
+    dataset_id: Annotated[int, typer.Option("--dataset-id", help="nnU-Net dataset number")] = 501,
+    name: Annotated[str, typer.Option("--name", help="nnU-Net dataset name")] = "GEM3D",
     normalised: Annotated[bool, typer.Option("--normalised", help="keep [-1, 1] intensities")] = False,
 ) -> None:
-    """Write every case of a store back to NIfTI with its true affine."""
-    from gem3d.export import export_case_nifti
+    """Write cases to NIfTI with their true (source) affine, or a complete nnU-Net v2 raw dataset."""
+    from gem3d.export import export_case_nifti, export_nnunet_dataset, export_synthetic_nifti
     from gem3d.store import list_cases
 
-    cases = list_cases(store)
-    for case_id in cases:
-        export_case_nifti(store, case_id, out, original_units=not normalised)
-    console.print(f"exported {len(cases)} cases to [bold]{out}[/bold]")
+    if format == "nnunet":
+        root = export_nnunet_dataset(store, synthetic, out, dataset_id, name)
+        console.print(f"nnU-Net v2 raw dataset written to [bold]{root}[/bold]")
+    elif format == "nifti" and synthetic is not None:
+        written = export_synthetic_nifti(synthetic, store, out, original_units=not normalised)
+        console.print(f"exported {len(written)} synthetic volumes to [bold]{out}[/bold]")
+    elif format == "nifti":
+        cases = list_cases(store)
+        for case_id in cases:
+            export_case_nifti(store, case_id, out, original_units=not normalised)
+        console.print(f"exported {len(cases)} cases to [bold]{out}[/bold]")
+    else:
+        raise typer.BadParameter(f"--format must be nifti or nnunet, got {format!r}")
+
+
+def _print_synthesis(title: str, outcome: dict) -> None:
+    _print_summary(
+        title,
+        {**outcome, "written": len(outcome["written"]), "quarantined": len(outcome["quarantined"])},
+        ("out", "planned", "written", "skipped", "quarantined", "lineage", "mlflow_run_id"),
+    )
+    for entry in outcome["quarantined"]:
+        console.print(f"[yellow]quarantined[/yellow] {entry['synthetic_id']}: {entry['reason']}")
+
+
+StoreOption = Annotated[Path, typer.Option("--store", help="real Zarr store")]
+OutOption = Annotated[Path, typer.Option("--out", help="synthetic Zarr store (created or extended)")]
+WorkdirOption = Annotated[Path | None, typer.Option("--workdir", help="where models/ and mlflow.db live")]
+
+
+@app.command()
+def enhance(
+    store: StoreOption,
+    out: OutOption,
+    setting: Annotated[str, typer.Option("--setting", help="ic, icma, ig or igma")] = "ic",
+    per_case: Annotated[int, typer.Option("--per-case", min=1, help="variants per real case")] = 1,
+    cases: Annotated[list[str] | None, typer.Option("--cases", help="case ids (default: training split)")] = None,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    dask_address: DaskOption = None,
+    workers: WorkersOption = 2,
+) -> None:
+    """Generate K synthetic variants per real training case."""
+    from flows.enhance import enhance_flow
+    from tasks.runners import make_task_runner
+
+    flow = enhance_flow.with_options(task_runner=make_task_runner(dask_address, workers))
+    outcome = flow(str(store), str(out), setting, per_case, cases, config, str(workdir) if workdir else None)
+    _print_synthesis(f"Enhancement ({setting})", outcome)
+
+
+@app.command()
+def counterfactual(
+    store: StoreOption,
+    out: OutOption,
+    mask_from: Annotated[str, typer.Option("--mask-from", help="case whose mask is used")],
+    slice_from: Annotated[str | None, typer.Option("--slice-from", help="CASE or CASE:SLICE for the look")] = None,
+    edit: Annotated[list[str] | None, typer.Option("--edit", help="e.g. remove:1,2,3 flip rotate:2.5")] = None,
+    variants: Annotated[int, typer.Option("--variants", min=1)] = 1,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Counterfactual synthesis: one case's (edited) mask with another case's appearance."""
+    from flows.counterfactual import counterfactual_flow
+
+    outcome = counterfactual_flow(
+        str(store), str(out), mask_from, slice_from, edit, variants, config, str(workdir) if workdir else None
+    )
+    _print_synthesis("Counterfactual", outcome)
+
+
+@app.command()
+def deenhance(
+    store: StoreOption,
+    out: OutOption,
+    reference: Annotated[list[str], typer.Option("--reference", help="CASE or CASE:SLICE (repeatable)")],
+    cases: Annotated[list[str] | None, typer.Option("--cases", help="case ids (default: all)")] = None,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    dask_address: DaskOption = None,
+    workers: WorkersOption = 2,
+) -> None:
+    """Dataset-level de-enhancement: regenerate every case in the reference appearance."""
+    from flows.deenhance import deenhance_flow
+    from tasks.runners import make_task_runner
+
+    flow = deenhance_flow.with_options(task_runner=make_task_runner(dask_address, workers))
+    outcome = flow(str(store), str(out), reference, cases, config, str(workdir) if workdir else None)
+    _print_synthesis("De-enhancement", outcome)
+    table = Table(title="Across-case spread of foreground intensity statistics (std)")
+    for column in ("statistic", "before", "after", "after / before"):
+        table.add_column(column)
+    for name, entry in outcome["spread"]["statistics"].items():
+        ratio = "-" if entry["std_ratio"] is None else f"{entry['std_ratio']:.2f}"
+        table.add_row(name, f"{entry['std_before']:.4f}", f"{entry['std_after']:.4f}", ratio)
+    console.print(table)
+
+
+@app.command()
+def lineage(
+    synthetic_id: Annotated[str, typer.Argument(help="synthetic volume id (syn-...)")],
+    synthetic: Annotated[Path, typer.Option("--synthetic", help="synthetic store")] = Path("gem3d-work/synthetic.zarr"),
+) -> None:
+    """Print the chain from a synthetic volume back to the real files, checkpoint, code and seed."""
+    from gem3d.lineage import format_chain
+    from gem3d.synthetic_store import read_synthetic
+
+    _, _, record = read_synthetic(synthetic, synthetic_id)
+    console.print(format_chain(record), markup=False)
+
+
+@app.command()
+def audit(
+    synthetic: Annotated[Path, typer.Argument(help="synthetic store")],
+) -> None:
+    """Re-hash every source file and checkpoint the synthetic volumes name; exit 1 on anything missing or changed."""
+    from gem3d.lineage import audit_records, read_lineage_table
+    from gem3d.synthetic_store import LINEAGE
+
+    records = read_lineage_table(Path(synthetic) / LINEAGE)
+    problems = audit_records(records)
+    if not problems:
+        console.print(
+            f"[green]audit passed[/green]: {len(records)} synthetic volumes, every source and checkpoint intact"
+        )
+        return
+    table = Table(title="Audit problems")
+    for column in ("synthetic id", "file", "problem"):
+        table.add_column(column, overflow="fold")
+    for problem in problems:
+        table.add_row(problem.synthetic_id, problem.path, problem.problem)
+    console.print(table)
+    raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    store: Annotated[Path, typer.Option("--store", help="Zarr store written by `gem3d preprocess`")],
+    stage: Annotated[str, typer.Option("--stage", help="1, 2, slicegen, baseline, autoencoder or all")] = "all",
+    config: ConfigOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
+    workdir: Annotated[Path | None, typer.Option("--workdir", help="models and MLflow store location")] = None,
+) -> None:
+    """Train GEM-3D (stage 1, stage 2, slice generator, baseline), tracked in MLflow."""
+    from flows.train import train_flow
+
+    stage = {"1": "stage1", "2": "stage2"}.get(stage, stage)
+    results = train_flow(str(store), config, stage, resume, str(workdir) if workdir else None)
+    table = Table(title="Training")
+    for column in ("stage", "loss (first -> final)", "steps", "model", "bundle"):
+        table.add_column(column, overflow="fold")
+    for name, result in results.items():
+        loss = f"{result['first_loss']:.4f} -> {result['final_loss']:.4f}" + (" (reused)" if result["skipped"] else "")
+        model = f"{result['model_name']} v{result['model_version']}"
+        table.add_row(name, loss, str(result["steps"]), model, result["bundle"])
+    console.print(table)
 
 
 @app.command()

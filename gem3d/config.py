@@ -132,6 +132,15 @@ class EditConfig(_Section):
     shift_voxels: tuple[int, int] = (20, 60)
 
 
+class EvaluationConfig(_Section):
+    """Budgets of the networks the evaluation trains itself (feature extractor, segmentation comparison)."""
+
+    feature_steps: int = 300
+    segmentation_steps: int = 300
+    scarce_fraction: float = Field(0.25, gt=0, le=1)
+    lineage_entries: int = 8
+
+
 class RuntimeConfig(_Section):
     """Where work runs; not part of any result, so excluded from hashes."""
 
@@ -149,6 +158,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     sampling: SamplingConfig = SamplingConfig()
     edits: EditConfig = EditConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
 

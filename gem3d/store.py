@@ -16,6 +16,7 @@ so an interrupted run never leaves a half-written case in the store.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -183,3 +184,11 @@ def read_manifest(store: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise StoreError(path, "store has no manifest; run `gem3d preprocess` first")
     return pd.read_parquet(path)
+
+
+def manifest_digest(store: str | Path) -> str:
+    """Content digest of the manifest table (not of its file bytes): names the training data in lineage."""
+    manifest = read_manifest(store)
+    rows = pd.util.hash_pandas_object(manifest.sort_values("case_id"), index=False).to_numpy()
+    columns = ",".join(manifest.columns).encode()
+    return hashlib.sha256(columns + rows.tobytes()).hexdigest()

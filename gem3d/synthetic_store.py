@@ -15,6 +15,7 @@ an id already published is skipped, so a rerun with the same inputs does no work
 
 from __future__ import annotations
 
+import fcntl
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -26,7 +27,16 @@ import zarr
 
 from gem3d.errors import StoreError
 from gem3d.lineage import LineageRecord, missing_fields, sha256_array, write_lineage_table
-from gem3d.store import CASES, QUARANTINE, discard_staged, init_store, publish_case, stage_case, write_json_atomic
+from gem3d.store import (
+    CASES,
+    QUARANTINE,
+    discard_staged,
+    init_store,
+    publish_case,
+    stage_case,
+    staging_dir,
+    write_json_atomic,
+)
 
 if TYPE_CHECKING:
     from gem3d.synthesis import SyntheticVolume
@@ -75,12 +85,12 @@ def _check_staged(staged: Path, volume: SyntheticVolume) -> None:
 
 
 def write_synthetic(store: str | Path, volumes: Sequence[SyntheticVolume], flow_run_id: str | None = None) -> list[str]:
-    """Publish each volume not yet in the store (staged, checked, renamed) and upsert their lineage rows.
+    """Publish each volume not yet in the store (staged, checked, renamed); see `rebuild_lineage_table`.
 
     Returns the ids written; already published ids are skipped. `flow_run_id` fills the records' field.
     """
     store = init_store(store, {"kind": "synthetic"})
-    written, records = [], []
+    written = []
     for volume in volumes:
         synthetic_id = volume.plan.synthetic_id
         if synthetic_exists(store, synthetic_id):
@@ -102,10 +112,23 @@ def write_synthetic(store: str | Path, volumes: Sequence[SyntheticVolume], flow_
             raise
         publish_case(store, synthetic_id, staged)
         written.append(synthetic_id)
-        records.append(record)
-    if records:
-        write_lineage_table(records, store / LINEAGE)
     return written
+
+
+def rebuild_lineage_table(store: str | Path) -> Path:
+    """Write `lineage.parquet` from the published volumes' attributes (the source of truth).
+
+    Done once after a fan-out rather than per batch, so parallel writers never race on the table.
+    """
+    records = [
+        LineageRecord.model_validate(synthetic_attributes(store, synthetic_id)["lineage"])
+        for synthetic_id in list_synthetic(store)
+    ]
+    path = Path(store) / LINEAGE
+    path.unlink(missing_ok=True)
+    if records:
+        write_lineage_table(records, path)
+    return path
 
 
 def synthetic_attributes(store: str | Path, synthetic_id: str) -> dict:
@@ -124,14 +147,21 @@ def read_synthetic(store: str | Path, synthetic_id: str) -> tuple[np.ndarray, np
 
 
 def quarantine(store: str | Path, synthetic_id: str, reason: str) -> Path:
-    """Append `synthetic_id` and the reason to the store's `quarantine.json` (rewritten atomically)."""
+    """Append `synthetic_id` and the reason to the store's `quarantine.json` (rewritten atomically).
+
+    A lock file serialises writers, so parallel batches never lose each other's entries.
+    """
     path = Path(store) / QUARANTINE
-    entries = json.loads(path.read_text()) if path.exists() else []
-    entries.append(
-        {
-            "synthetic_id": synthetic_id,
-            "reason": reason,
-            "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-    )
-    return write_json_atomic(path, entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging_dir(store).mkdir(parents=True, exist_ok=True)
+    with open(staging_dir(store) / "quarantine.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = json.loads(path.read_text()) if path.exists() else []
+        entries.append(
+            {
+                "synthetic_id": synthetic_id,
+                "reason": reason,
+                "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
+        return write_json_atomic(path, entries)

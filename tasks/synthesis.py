@@ -1,0 +1,138 @@
+"""Prefect tasks for synthesis: generate a batch of planned volumes, gate them with the synthetic contract,
+publish what passes and quarantine the rest; plus the fan-out over a Dask cluster that skips finished ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from prefect import get_run_logger, runtime, task, unmapped
+from prefect.cache_policies import NO_CACHE
+
+from data_contracts import synthetic_contract
+from gem3d.config import Config
+from gem3d.synthesis import LoadedModels, SynthesisPlan, load_models, synthesize
+from gem3d.synthetic_store import (
+    quarantine,
+    rebuild_lineage_table,
+    synthetic_exists,
+    synthetic_row,
+    write_synthetic,
+)
+from tasks.tracking import tracked_run
+
+
+@lru_cache(maxsize=4)
+def _models(models_dir: str, role: str, config_json: str, weights_sha256: str) -> LoadedModels:
+    """Models loaded once per worker process for a given bundle (the sha256 makes a retrained bundle reload)."""
+    return load_models(models_dir, Config.model_validate_json(config_json), role=role)
+
+
+def cached_models(models_dir: Path, role: str, config: Config, weights_sha256: str) -> LoadedModels:
+    return _models(str(models_dir), role, config.model_dump_json(), weights_sha256)
+
+
+@task(
+    name="synthesize-batch",
+    task_run_name="synthesize-{plans[0].synthetic_id}+{batch_size}",
+    cache_policy=NO_CACHE,
+    retries=1,
+)
+def synthesize_batch_task(
+    plans: list[SynthesisPlan],
+    batch_size: int,
+    store: Path,
+    models_dir: Path,
+    role: str,
+    weights_sha256: str,
+    config: Config,
+    out: Path,
+) -> dict:
+    """Generate `plans` (one network batch), validate each volume, publish the good ones atomically."""
+    logger = get_run_logger()
+    models = cached_models(models_dir, role, config, weights_sha256)
+    invalid: list[dict] = []
+
+    def refuse(plan: SynthesisPlan, error: Exception) -> None:
+        quarantine(out, plan.synthetic_id, f"invalid edited mask: {error}")
+        invalid.append({"synthetic_id": plan.synthetic_id, "reason": str(error)})
+
+    volumes = synthesize(plans, store, models, config, on_invalid=refuse)
+    if not volumes:
+        return {"written": [], "quarantined": invalid}
+    rows = pd.DataFrame([synthetic_row(volume) for volume in volumes])
+    result = synthetic_contract(rows)
+    failed = set(result.failed_case_ids)
+    for failure in result.failures:
+        if failure.get("case_id") in failed:
+            quarantine(out, failure["case_id"], failure["reason"])
+    written = write_synthetic(
+        out, [v for v in volumes if v.plan.synthetic_id not in failed], flow_run_id=str(runtime.flow_run.id)
+    )
+    quarantined = invalid + [{"synthetic_id": i, "reason": "synthetic contract failed"} for i in sorted(failed)]
+    logger.info("published %d volumes, quarantined %d", len(written), len(quarantined))
+    return {"written": written, "quarantined": quarantined}
+
+
+def fan_out_synthesis(
+    plans: Sequence[SynthesisPlan],
+    store: Path,
+    models_dir: Path,
+    role: str,
+    weights_sha256: str,
+    config: Config,
+    out: Path,
+) -> dict:
+    """Map the batch task over the plans not yet published; a rerun after a crash does only what is missing."""
+    todo = [plan for plan in plans if not synthetic_exists(out, plan.synthetic_id)]
+    size = config.sampling.volumes_per_batch
+    batches = [todo[first : first + size] for first in range(0, len(todo), size)]
+    futures = synthesize_batch_task.map(
+        batches,
+        [len(batch) for batch in batches],
+        unmapped(store),
+        unmapped(models_dir),
+        unmapped(role),
+        unmapped(weights_sha256),
+        unmapped(config),
+        unmapped(out),
+    )
+    outcomes = [future.result() for future in futures]
+    return {
+        "planned": len(plans),
+        "skipped": len(plans) - len(todo),
+        "written": [i for outcome in outcomes for i in outcome["written"]],
+        "quarantined": [q for outcome in outcomes for q in outcome["quarantined"]],
+    }
+
+
+def run_synthesis(
+    step: str,
+    plans: Sequence[SynthesisPlan],
+    store: Path,
+    models_dir: Path,
+    role: str,
+    weights_sha256: str,
+    config: Config,
+    out: Path,
+    workdir: Path,
+) -> dict:
+    """Fan out, rebuild the lineage table, and record the step in MLflow (counts, lineage table)."""
+    with tracked_run(step, workdir, config, tags={"gem3d.synthetic_store": str(out)}) as run_id:
+        outcome = fan_out_synthesis(plans, store, models_dir, role, weights_sha256, config, out)
+        lineage_path = rebuild_lineage_table(out)
+        mlflow.log_metrics(
+            {
+                "planned": outcome["planned"],
+                "written": len(outcome["written"]),
+                "skipped": outcome["skipped"],
+                "quarantined": len(outcome["quarantined"]),
+            }
+        )
+        if lineage_path.exists():
+            mlflow.log_artifact(str(lineage_path), artifact_path="lineage")
+    return outcome | {"mlflow_run_id": run_id, "out": str(out), "lineage": str(lineage_path)}

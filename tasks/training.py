@@ -1,0 +1,121 @@
+"""Prefect task for one training stage: skip when inputs are unchanged, track in MLflow, register the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from gem3d.checkpoints import SPEC_FILE, read_bundle_meta
+from gem3d.config import Config, section_hash
+from gem3d.lineage import derive_id
+from gem3d.store import manifest_digest, read_manifest, write_json_atomic
+from gem3d.training import train_stage
+from tasks.tracking import tracked_run
+
+TRAINING_SECTIONS = ("data", "autoencoder", "denoiser", "diffusion", "train")
+INPUTS_FILE = "inputs.json"
+REGISTERED_NAMES = {
+    "autoencoder": "gem3d-autoencoder",
+    "stage1": "gem3d-stage1",
+    "stage2": "gem3d-stage2",
+    "slicegen": "gem3d-slicegen",
+    "baseline": "gem3d-baseline",
+}
+
+
+def training_key(config: Config, store: Path, stage: str, init_from: Path | None) -> str:
+    """What a stage's result depends on: its config sections, the store's manifest, and its starting weights."""
+    parent = read_bundle_meta(init_from)["sha256"] if init_from else None
+    return derive_id(
+        "train",
+        stage=stage,
+        config=section_hash(config, *TRAINING_SECTIONS),
+        manifest=manifest_digest(store),
+        init_from=parent,
+    )
+
+
+def _previous_result(bundle: Path, key: str) -> dict | None:
+    inputs = bundle / INPUTS_FILE
+    if not (inputs.exists() and (bundle / SPEC_FILE).exists()):
+        return None
+    recorded = json.loads(inputs.read_text())
+    return recorded if recorded.get("training_key") == key else None
+
+
+def _register(stage: str, run_id: str) -> str:
+    """Register the logged bundle as a new version of the stage's model; returns the version number."""
+    client = mlflow.MlflowClient()
+    name = REGISTERED_NAMES[stage]
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source=mlflow.get_artifact_uri("model"), run_id=run_id)
+    return str(version.version)
+
+
+@task(name="train-stage", task_run_name="train-{stage}", cache_policy=NO_CACHE)
+def train_stage_task(
+    stage: str,
+    config: Config,
+    store: Path,
+    models_dir: Path,
+    workdir: Path,
+    resume: bool = False,
+    init_from: Path | None = None,
+) -> dict:
+    """Train one stage (or reuse an identical earlier result) as a nested MLflow run; returns its summary."""
+    logger = get_run_logger()
+    bundle = models_dir / stage
+    key = training_key(config, store, stage, init_from)
+    previous = None if resume else _previous_result(bundle, key)
+    if previous is not None:
+        logger.info("%s: inputs unchanged (%s), reusing %s", stage, key, bundle)
+        return previous | {"skipped": True}
+    with tracked_run(f"train-{stage}", workdir, config, tags={"gem3d.stage": stage}) as run_id:
+        manifest = read_manifest(store)
+        dataset = mlflow.data.from_pandas(
+            manifest, source=str(store), name="store-manifest", digest=manifest_digest(store)[:16]
+        )
+        mlflow.log_input(dataset, context="training")
+        result = train_stage(
+            stage,
+            config,
+            store,
+            models_dir,
+            resume=resume,
+            init_from=init_from,
+            on_metrics=lambda step, metrics: mlflow.log_metrics(metrics, step=step),
+        )
+        mlflow.log_metrics(
+            {
+                "final_loss": result.final_loss,
+                "slices_per_second": result.slices_per_second,
+                "peak_memory_mb": result.peak_memory_mb,
+                **{f"validation_{name}": float(value) for name, value in result.validation.items()},
+            }
+        )
+        if result.sample_grid is not None:
+            mlflow.log_artifact(str(result.sample_grid), artifact_path="samples")
+        mlflow.log_artifacts(str(result.bundle_dir), artifact_path="model")
+        version = _register(stage, run_id)
+    summary = {
+        "stage": stage,
+        "bundle": str(result.bundle_dir),
+        "sha256": result.sha256,
+        "training_key": key,
+        "mlflow_run_id": run_id,
+        "model_name": REGISTERED_NAMES[stage],
+        "model_version": version,
+        "steps": result.steps,
+        "first_loss": result.first_loss,
+        "final_loss": result.final_loss,
+        "slices_per_second": result.slices_per_second,
+        "skipped": False,
+    }
+    write_json_atomic(bundle / INPUTS_FILE, summary)
+    logger.info("%s: loss %.4f -> %.4f in %d steps", stage, result.first_loss, result.final_loss, result.steps)
+    return summary
