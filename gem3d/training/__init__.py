@@ -1,0 +1,12 @@
+"""Training of every GEM-3D stage with one loop (`train_stage`); stages differ by their phases (`STAGES`).
+
+Modules: `phases` (what each stage trains and its losses), `engine` (device, DDP, optimiser, EMA, per-step
+data indices), `state` (training-state checkpoints), `evaluation` (validation and sample grid), `loop`.
+"""
+
+from gem3d.training.engine import StepBatchSampler
+from gem3d.training.loop import TrainResult, train_stage
+from gem3d.training.phases import STAGES, Phase, Stage
+from gem3d.training.state import CheckpointDir
+
+__all__ = ["STAGES", "CheckpointDir", "Phase", "Stage", "StepBatchSampler", "TrainResult", "train_stage"]

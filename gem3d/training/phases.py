@@ -1,0 +1,146 @@
+"""What each stage trains: its phases, and the loss of each kind of network on one batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+from torch.utils.data import Dataset
+
+from gem3d.config import Config
+from gem3d.data import SliceDataset, WindowDataset
+from gem3d.diffusion.schedule import (
+    make_training_scheduler,
+    sample_low_noise_weighted_timesteps,
+    sample_uniform_timesteps,
+)
+from gem3d.models.autoencoder import LatentCodec, PixelCodec, autoencoder_loss
+from gem3d.models.conditioning import mask_to_condition
+
+Stage = Literal["autoencoder", "stage1", "stage2", "slicegen", "baseline"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One run of the loop: the network trained, its config section, and how the denoiser is conditioned.
+
+    `volumetric`: pseudo-3D layers inserted, one low-noise-weighted timestep per window, and only the temporal
+    parameters trained (unless `train_all_parameters`).
+    """
+
+    settings: Stage
+    network: Literal["autoencoder", "denoiser", "slicegen"]
+    use_informed_slice: bool = True
+    volumetric: bool = False
+
+
+STAGES: dict[str, tuple[Phase, ...]] = {
+    "autoencoder": (Phase("autoencoder", "autoencoder"),),
+    "stage1": (Phase("stage1", "denoiser"),),
+    "stage2": (Phase("stage2", "denoiser", volumetric=True),),
+    "slicegen": (Phase("slicegen", "slicegen"),),
+    "baseline": (
+        Phase("baseline", "denoiser", use_informed_slice=False),
+        Phase("stage2", "denoiser", use_informed_slice=False, volumetric=True),
+    ),
+}
+
+
+@dataclass
+class LossContext:
+    """What a loss needs besides the network: the phase, the frozen first stage and the noise schedule."""
+
+    config: Config
+    phase: Phase
+    num_classes: int
+    codec: PixelCodec | LatentCodec
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        self.scheduler = make_training_scheduler(self.config.diffusion)
+
+    def encode(self, slices: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) pixel slices -> (N, C, h, w) diffusion samples in float32 (also under autocast)."""
+        return self.codec.encode(slices).float()
+
+    def noised(self, clean: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward process on (N, C, h, w) samples with (N,) timesteps: the noisy input and the target."""
+        noise = torch.randn_like(clean)
+        noisy = self.scheduler.add_noise(clean, noise, timesteps)
+        if self.config.diffusion.prediction_type == "epsilon":
+            return noisy, noise
+        return noisy, self.scheduler.get_velocity(clean, noise, timesteps)
+
+
+def window_loss(context: LossContext, forward: Callable, batch: dict) -> torch.Tensor:
+    """Denoising loss on windows: per-slice timesteps (stage 1) or one per window (volumetric tuning)."""
+    device, phase, steps = context.device, context.phase, context.config.diffusion.num_train_timesteps
+    label = batch["label"].to(device)  # (B, L, H, W)
+    batch_size, length = label.shape[:2]
+    # (B, L, 1, H, W) -> (B*L, C, h, w)
+    latents = context.encode(rearrange(batch["image"].to(device), "b l c h w -> (b l) c h w"))
+    mask_condition = mask_to_condition(
+        label, context.num_classes, context.config.autoencoder.mask_conditioning, latents.shape[-1], context.codec
+    )  # (B, L, Cm, h, w)
+    informed = context.encode(batch["informed_slice"].to(device)) if phase.use_informed_slice else None
+    if phase.volumetric:
+        timesteps = sample_low_noise_weighted_timesteps(batch_size, steps).to(device)  # (B,)
+        per_slice = repeat(timesteps, "b -> (b l)", l=length)
+    else:
+        timesteps = sample_uniform_timesteps((batch_size, length), steps).to(device)  # (B, L)
+        per_slice = rearrange(timesteps, "b l -> (b l)")
+    noisy, target = context.noised(latents, per_slice)
+    # (B*L, C, h, w) -> (B, L, C, h, w)
+    noisy = rearrange(noisy, "(b l) c h w -> b l c h w", b=batch_size)
+    prediction = forward(noisy, timesteps, mask_condition, informed)
+    return F.mse_loss(prediction.float(), rearrange(target, "(b l) c h w -> b l c h w", b=batch_size).float())
+
+
+def slice_loss(context: LossContext, forward: Callable, batch: dict) -> torch.Tensor:
+    """Denoising loss of the slice model on single slices conditioned on their relative position."""
+    latents = context.encode(batch["image"].to(context.device))  # (B, C, h, w)
+    timesteps = sample_uniform_timesteps((latents.shape[0],), context.config.diffusion.num_train_timesteps)
+    timesteps = timesteps.to(context.device)
+    noisy, target = context.noised(latents, timesteps)
+    prediction = forward(noisy, timesteps, batch["position"].to(context.device))
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def autoencoder_objective_loss(context: LossContext, forward: Callable, batch: dict) -> torch.Tensor:
+    """Reconstruction + KL loss of the first stage on single slices."""
+    return forward(batch["image"].to(context.device))
+
+
+class AutoencoderObjective(nn.Module):
+    """The autoencoder loss as a module's forward, so that DistributedDataParallel synchronises its gradients."""
+
+    def __init__(self, codec: LatentCodec, kl_weight: float) -> None:
+        super().__init__()
+        self.codec = codec
+        self.kl_weight = kl_weight
+
+    def forward(self, slices: torch.Tensor) -> torch.Tensor:
+        return autoencoder_loss(self.codec.autoencoder, slices, self.kl_weight)[0]
+
+
+LOSSES = {"denoiser": window_loss, "slicegen": slice_loss, "autoencoder": autoencoder_objective_loss}
+
+
+def slices_per_sample(phase: Phase, config: Config) -> int:
+    """Slices in one dataset item of the phase (for throughput): the window length, or 1."""
+    return config.data.window_length if phase.network == "denoiser" else 1
+
+
+def make_dataset(
+    phase: Phase, store: Path, case_ids: list[str], config: Config, seed: int, samples: int | None
+) -> Dataset:
+    """Windows for the denoiser, single slices for the slice model and the autoencoder."""
+    if phase.network == "denoiser":
+        return WindowDataset(store, case_ids, config.data.window_length, seed, samples)
+    return SliceDataset(store, case_ids, seed, samples)

@@ -1,0 +1,79 @@
+"""The denoising losses: noisy inputs, targets and timesteps agree per slice (stage 1) or per window (stage 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from gem3d.data import SliceDataset, WindowDataset
+from gem3d.models.autoencoder import PixelCodec
+from gem3d.training.phases import STAGES, LossContext, slice_loss, window_loss
+from tests.training.conftest import tiny_config
+
+
+class TrueTarget:
+    """A perfect network: recovers the target from the noisy input, the clean sample and the timesteps."""
+
+    def __init__(self, context: LossContext, clean: torch.Tensor, prediction_type: str) -> None:
+        self.alphas = context.scheduler.alphas_cumprod
+        self.clean = clean
+        self.prediction_type = prediction_type
+        self.calls: list[dict] = []
+
+    def __call__(self, noisy: torch.Tensor, timesteps: torch.Tensor, *conditions: torch.Tensor | None) -> torch.Tensor:
+        self.calls.append({"timesteps": timesteps, "conditions": conditions})
+        abar = self.alphas[timesteps].float()
+        while abar.ndim < noisy.ndim:
+            abar = abar[..., None]
+        noise = (noisy - abar.sqrt() * self.clean) / (1 - abar).sqrt()
+        if self.prediction_type == "epsilon":
+            return noise
+        return abar.sqrt() * noise - (1 - abar).sqrt() * self.clean
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize(("stage", "phase_index"), [("stage1", 0), ("stage2", 0), ("baseline", 0), ("baseline", 1)])
+def test_window_loss_is_zero_for_the_true_target(
+    small_store: Path, prediction_type: str, stage: str, phase_index: int
+) -> None:
+    config = tiny_config(diffusion={"prediction_type": prediction_type})
+    phase = STAGES[stage][phase_index]
+    context = LossContext(config, phase, 2, PixelCodec(), torch.device("cpu"))
+    dataset = WindowDataset(small_store, ["case_b", "case_c"], 4, seed=0, samples_per_epoch=3)
+    batch = default_collate([dataset[index] for index in range(3)])
+    network = TrueTarget(context, batch["image"].double(), prediction_type)
+    torch.manual_seed(0)
+    loss = window_loss(context, network, batch)
+    assert float(loss) < 1e-8
+    timesteps = network.calls[0]["timesteps"]
+    mask_condition, informed = network.calls[0]["conditions"]
+    if phase.volumetric:
+        assert timesteps.shape == (3,)  # one timestep shared by a window's slices
+    else:
+        assert timesteps.shape == (3, 4) and len(set(timesteps.flatten().tolist())) > 3  # one per slice
+    assert mask_condition.shape == (3, 4, 2, 16, 16)
+    assert torch.equal(mask_condition[:, :, 1], (batch["label"] == 2).float())
+    if phase.use_informed_slice:
+        assert torch.equal(informed, batch["informed_slice"])
+    else:
+        assert informed is None
+
+
+def test_a_wrong_prediction_gives_a_positive_window_loss(small_store: Path) -> None:
+    context = LossContext(tiny_config(), STAGES["stage1"][0], 2, PixelCodec(), torch.device("cpu"))
+    batch = default_collate([WindowDataset(small_store, ["case_b"], 4, seed=0)[0]])
+    loss = window_loss(context, lambda noisy, *rest: torch.zeros_like(noisy), batch)
+    assert 0.5 < float(loss) < 2.0  # E[eps^2] = 1
+
+
+def test_slice_loss_conditions_on_the_relative_position(small_store: Path) -> None:
+    context = LossContext(tiny_config(), STAGES["slicegen"][0], 2, PixelCodec(), torch.device("cpu"))
+    dataset = SliceDataset(small_store, ["case_a"], seed=0)
+    batch = default_collate([dataset[index] for index in range(6)])
+    network = TrueTarget(context, batch["image"].double(), "epsilon")
+    assert float(slice_loss(context, network, batch)) < 1e-8
+    (position,) = network.calls[0]["conditions"]
+    assert torch.allclose(position, torch.arange(6) / 6)
