@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import tempfile
@@ -102,6 +103,7 @@ def _context() -> Any:
     """The process-wide ephemeral GX context, created on first use with progress bars off."""
     global _CONTEXT
     if _CONTEXT is None:
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         _CONTEXT = context

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 import flows  # noqa: F401  (applies the offline defaults before prefect, mlflow or GX are imported)
@@ -298,9 +300,22 @@ def run(
     """Run the whole pipeline (built-in brain phantoms and the tiny preset by default)."""
     from flows.pipeline import run_pipeline
 
-    summary = run_pipeline(str(dataset) if dataset else None, config, str(workdir), dask_address, workers)
-    _print_summary("gem3d run", summary, tuple(key for key in summary if key != "quarantine"))
-    _print_quarantine(summary.get("quarantine", []))
+    handler = RichHandler(console=console, show_path=False, show_level=False, markup=False)
+    logger = logging.getLogger("gem3d")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        summary = run_pipeline(str(dataset) if dataset else None, config, str(workdir), dask_address, workers)
+    finally:
+        logger.removeHandler(handler)
+    table = Table(title="gem3d run", show_header=False)
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = "\n".join(f"{name}: {text}" for name, text in value.items())
+        table.add_row(key, str(value))
+    console.print(table)
+    console.print(f"open the report: [bold]{summary['report']}[/bold]")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ plus synthetic data; render one self-contained HTML report and log it all to MLf
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -23,10 +24,10 @@ from gem3d.evaluation import (
     summarise_setting,
     window_boundaries,
 )
-from gem3d.lineage import format_chain
+from gem3d.lineage import derive_id, format_chain, sha256_file
 from gem3d.report import Figure, LineageEntry, ReportInputs, SettingSummary, render_report
 from gem3d.segmentation import compare_real_vs_augmented
-from gem3d.store import read_case, read_manifest, store_attributes
+from gem3d.store import manifest_digest, read_case, read_manifest, store_attributes, write_json_atomic
 from gem3d.synthesis import SynthesisPlan, plan_test_regeneration
 from gem3d.synthetic_store import list_synthetic, read_synthetic, synthetic_attributes
 from gem3d.views import orthogonal_views, save_png, side_by_side, slice_grid
@@ -34,6 +35,7 @@ from tasks.synthesis import run_synthesis
 from tasks.tracking import tracked_run
 
 ENHANCEMENT_ORDER = ("ic", "icma", "ig", "igma")
+EVALUATION_RECORD = "evaluation.json"
 
 
 def _boundaries(plan: SynthesisPlan, num_slices: int, config: Config) -> list[int]:
@@ -82,6 +84,11 @@ def evaluate_flow(
     store_path, synthetic_path, out_path = Path(store).resolve(), Path(synthetic).resolve(), Path(out).resolve()
     workdir_path = Path(workdir).resolve() if workdir else store_path.parent
     models_dir = workdir_path / "models"
+    key = evaluation_key(store_path, synthetic_path, models_dir, config, feature_extractor)
+    previous = _previous_evaluation(out_path, key)
+    if previous is not None:
+        logger.info("inputs unchanged (%s): report %s reused", key, previous["report"])
+        return previous | {"skipped": True}
     evaluation_store = workdir_path / "evaluation.zarr"
     manifest = read_manifest(store_path)
     split = dict(zip(manifest["case_id"], manifest["split"], strict=True))
@@ -234,7 +241,31 @@ def evaluate_flow(
         mlflow.log_artifact(str(report), artifact_path="report")
         mlflow.log_artifacts(str(out_path / "figures"), artifact_path="report/figures")
     logger.info("report written to %s", report)
-    return {"report": str(report), "metrics": metrics}
+    outcome = {"report": str(report), "metrics": metrics, "evaluation_key": key}
+    write_json_atomic(out_path / EVALUATION_RECORD, outcome)
+    return outcome | {"skipped": False}
+
+
+def evaluation_key(
+    store: Path, synthetic: Path, models_dir: Path, config: Config, feature_extractor: str | None
+) -> str:
+    """What the report depends on: config, real data, synthetic volumes, models and the feature extractor."""
+    return derive_id(
+        "eval",
+        config=config_hash(config),
+        manifest=manifest_digest(store),
+        synthetic=list_synthetic(synthetic),
+        models={role: read_bundle_meta(models_dir / role)["sha256"] for role in ("stage2", "baseline")},
+        feature_extractor=sha256_file(feature_extractor) if feature_extractor else None,
+    )
+
+
+def _previous_evaluation(out: Path, key: str) -> dict | None:
+    record = out / EVALUATION_RECORD
+    if not record.exists():
+        return None
+    previous = json.loads(record.read_text())
+    return previous if previous.get("evaluation_key") == key and Path(previous["report"]).exists() else None
 
 
 def _headline_metrics(summaries: list[SettingSummary], dice_rows: list[dict]) -> dict[str, float]:

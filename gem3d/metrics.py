@@ -8,7 +8,7 @@ Conventions (fixed, so numbers are comparable across runs):
   `SSIMMetric` (Gaussian window 11, sigma 1.5) and `MultiScaleSSIMMetric` with 3 scales (Gaussian window 7,
   sigma 1.5, weights = the first three standard MS-SSIM weights renormalised to sum 1). The standard
   5-scale MS-SSIM needs slices of at least 176 pixels; 3 scales with window 7 work from 28x28 slices
-  (MONAI requires `size // 4 > 6`), which covers the 32x32 tiny preset.
+  (MONAI requires `size // 4 > 6`), which covers the 32x32 tiny preset; smaller slices use fewer scales.
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ MS_SSIM_WINDOW = 7
 MS_SSIM_SIGMA = 1.5
 _STANDARD_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001)
 MS_SSIM_WEIGHTS = tuple(weight / sum(_STANDARD_MS_SSIM_WEIGHTS) for weight in _STANDARD_MS_SSIM_WEIGHTS)
-MS_SSIM_MIN_SIZE = MS_SSIM_WINDOW * (len(MS_SSIM_WEIGHTS) - 1) ** 2  # MONAI: size // 4 > window - 1
+
+
+def ms_ssim_scales(size: int) -> int:
+    """Scales MS-SSIM can use on `size`-pixel slices: up to 3, as many as keep `size // 2**(s-1) > window - 1`."""
+    feasible = [s for s in range(len(MS_SSIM_WEIGHTS), 0, -1) if size // 2 ** (s - 1) > MS_SSIM_WINDOW - 1]
+    if not feasible:
+        raise ValueError(f"MS-SSIM needs slices of at least {MS_SSIM_WINDOW} pixels, got {size}")
+    return feasible[0]
 
 
 def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,16 +69,17 @@ def ssim(pred: np.ndarray, truth: np.ndarray, data_range: float = DATA_RANGE) ->
 
 
 def ms_ssim(pred: np.ndarray, truth: np.ndarray, data_range: float = DATA_RANGE) -> float:
-    """Mean over axial slices of 2D MS-SSIM with 3 scales (window 7, sigma 1.5); slices must be >= 28 pixels."""
+    """Mean over axial slices of 2D MS-SSIM (window 7, sigma 1.5) with 3 scales from 28-pixel slices up;
+    smaller slices use fewer scales (`ms_ssim_scales`), so compare values only at one in-plane size."""
     pred_t, truth_t = _pair(pred, truth)
-    if min(pred_t.shape[-2:]) < MS_SSIM_MIN_SIZE:
-        raise ValueError(f"MS-SSIM needs slices of at least {MS_SSIM_MIN_SIZE} pixels, got {tuple(pred_t.shape[-2:])}")
+    scales = ms_ssim_scales(min(pred_t.shape[-2:]))
+    weights = MS_SSIM_WEIGHTS[:scales]
     metric = MultiScaleSSIMMetric(
         spatial_dims=2,
         data_range=data_range,
         kernel_size=MS_SSIM_WINDOW,
         kernel_sigma=MS_SSIM_SIGMA,
-        weights=MS_SSIM_WEIGHTS,
+        weights=tuple(weight / sum(weights) for weight in weights),
         reduction="none",
     )
     return float(metric(pred_t, truth_t).mean().item())

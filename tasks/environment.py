@@ -5,7 +5,9 @@ Only unset variables are filled in, so a user's own server or tracking URI alway
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 
 OFFLINE_DEFAULTS = {
@@ -24,7 +26,9 @@ OFFLINE_DEFAULTS = {
 
 
 def apply_offline_defaults() -> None:
-    """Fill in the offline defaults and a writable PREFECT_HOME."""
+    """Fill in the offline defaults and a writable PREFECT_HOME; quiet GX's info logs and MLflow's hints."""
     for name, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("PREFECT_HOME", str(Path.home() / ".cache" / "gem3d" / "prefect"))
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")

@@ -12,11 +12,15 @@ import mlflow
 from gem3d.config import Config, config_hash
 
 EXPERIMENT = "gem3d"
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracking_uri(workdir: str | Path) -> str:
-    """`MLFLOW_TRACKING_URI` when set, else a sqlite file in the work directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+    """The user's `MLFLOW_TRACKING_URI` when set, else a sqlite file in the work directory.
+
+    Read once at import: `mlflow.set_tracking_uri` itself writes that variable, so a later read would see ours.
+    """
+    return USER_TRACKING_URI or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
 
 
 def use_tracking(workdir: str | Path) -> str:

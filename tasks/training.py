@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from gem3d.checkpoints import SPEC_FILE, read_bundle_meta
+from gem3d.checkpoints import MODEL_FILE, SPEC_FILE, read_bundle_meta
 from gem3d.config import Config, section_hash
 from gem3d.lineage import derive_id
 from gem3d.store import manifest_digest, read_manifest, write_json_atomic
@@ -17,7 +16,7 @@ from gem3d.training import train_stage
 from tasks.tracking import tracked_run
 
 TRAINING_SECTIONS = ("data", "autoencoder", "denoiser", "diffusion", "train")
-INPUTS_FILE = "inputs.json"
+METRIC_POINTS = 200
 REGISTERED_NAMES = {
     "autoencoder": "gem3d-autoencoder",
     "stage1": "gem3d-stage1",
@@ -40,11 +39,27 @@ def training_key(config: Config, store: Path, stage: str, init_from: Path | None
 
 
 def _previous_result(bundle: Path, key: str) -> dict | None:
-    inputs = bundle / INPUTS_FILE
-    if not (inputs.exists() and (bundle / SPEC_FILE).exists()):
+    """The recorded summary of an earlier training with the same inputs, if its bundle is intact."""
+    if not (bundle / SPEC_FILE).exists():
         return None
-    recorded = json.loads(inputs.read_text())
-    return recorded if recorded.get("training_key") == key else None
+    summary = read_bundle_meta(bundle).get("training")
+    return summary if summary and summary.get("training_key") == key else None
+
+
+def _throttled_logger(total_steps: int):
+    """Log step metrics about METRIC_POINTS times per stage (every step for short runs), final values always."""
+    every = max(1, total_steps // METRIC_POINTS)
+
+    def log(step: int, metrics: dict) -> None:
+        if step % every == 0 or step >= total_steps or "loss" not in metrics:
+            mlflow.log_metrics({name: float(value) for name, value in metrics.items()}, step=step)
+
+    return log
+
+
+def _stage_steps(config: Config, stage: str) -> int:
+    steps = getattr(config.train, stage).steps
+    return steps + config.train.stage2.steps if stage == "baseline" else steps
 
 
 def _register(stage: str, run_id: str) -> str:
@@ -88,7 +103,7 @@ def train_stage_task(
             models_dir,
             resume=resume,
             init_from=init_from,
-            on_metrics=lambda step, metrics: mlflow.log_metrics(metrics, step=step),
+            on_metrics=_throttled_logger(_stage_steps(config, stage)),
         )
         mlflow.log_metrics(
             {
@@ -100,7 +115,8 @@ def train_stage_task(
         )
         if result.sample_grid is not None:
             mlflow.log_artifact(str(result.sample_grid), artifact_path="samples")
-        mlflow.log_artifacts(str(result.bundle_dir), artifact_path="model")
+        for name in (MODEL_FILE, SPEC_FILE):
+            mlflow.log_artifact(str(result.bundle_dir / name), artifact_path="model")
         version = _register(stage, run_id)
     summary = {
         "stage": stage,
@@ -116,6 +132,9 @@ def train_stage_task(
         "slices_per_second": result.slices_per_second,
         "skipped": False,
     }
-    write_json_atomic(bundle / INPUTS_FILE, summary)
+    meta = read_bundle_meta(bundle)
+    write_json_atomic(
+        bundle / SPEC_FILE, meta | {"mlflow_run_id": run_id, "model_version": version, "training": summary}
+    )
     logger.info("%s: loss %.4f -> %.4f in %d steps", stage, result.first_loss, result.final_loss, result.steps)
     return summary

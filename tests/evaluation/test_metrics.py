@@ -41,9 +41,14 @@ def test_ssim_and_ms_ssim_fall_as_noise_grows() -> None:
     assert 1.0 > metrics.ms_ssim(small, truth) > metrics.ms_ssim(large, truth)
 
 
-def test_ms_ssim_rejects_slices_too_small_for_three_scales() -> None:
-    volume = np.zeros((4, 16, 16), dtype=np.float32)
-    with pytest.raises(ValueError, match="at least 28 pixels"):
+def test_ms_ssim_uses_fewer_scales_on_small_slices_and_rejects_tiny_ones() -> None:
+    assert [metrics.ms_ssim_scales(size) for size in (32, 28, 16, 14, 7)] == [3, 3, 2, 2, 1]
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(-1, 1, size=(4, 16, 16))
+    assert metrics.ms_ssim(truth, truth) == pytest.approx(1.0)
+    assert metrics.ms_ssim(truth + 0.3 * rng.standard_normal(truth.shape), truth) < 1.0
+    volume = np.zeros((4, 6, 6), dtype=np.float32)
+    with pytest.raises(ValueError, match="at least 7 pixels"):
         metrics.ms_ssim(volume, volume)
 
 

@@ -1,0 +1,125 @@
+"""Enhancement, counterfactuals, lineage, audit and export on the micro pipeline's trained models."""
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.counterfactual import counterfactual_flow
+from gem3d.io.layouts import discover_dataset
+from gem3d.lineage import read_lineage_table
+from gem3d.store import case_attributes
+from gem3d.synthetic_store import LINEAGE, list_synthetic, read_synthetic
+from tests.flows.conftest import MICRO_CONFIG
+
+runner = CliRunner()
+
+
+def _flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_every_synthetic_volume_has_a_complete_lineage_record(micro_run):
+    workdir, _ = micro_run
+    records = read_lineage_table(workdir / "synthetic.zarr" / LINEAGE)
+    assert {r.synthetic_id for r in records} == set(list_synthetic(workdir / "synthetic.zarr"))
+    record = records[0]
+    assert record.flow_run_id and record.config_hash and record.checkpoints[0].sha256
+    assert record.checkpoints[0].mlflow_run_id and record.checkpoints[0].model_version == "1"
+    assert any(source.path.endswith(".nii.gz") for source in record.source_files)
+
+
+def test_lineage_command_prints_the_chain_back_to_the_real_files(micro_run):
+    workdir, _ = micro_run
+    synthetic_id = list_synthetic(workdir / "synthetic.zarr")[0]
+    outcome = runner.invoke(app, ["lineage", synthetic_id, "--synthetic", str(workdir / "synthetic.zarr")])
+    assert outcome.exit_code == 0
+    assert synthetic_id in outcome.output and ".nii.gz" in outcome.output
+
+
+@pytest.mark.parametrize("target", ["source", "checkpoint"])
+def test_audit_catches_one_flipped_byte(micro_run, tmp_path, target):
+    workdir, _ = micro_run
+    synthetic = str(workdir / "synthetic.zarr")
+    assert runner.invoke(app, ["audit", synthetic]).exit_code == 0
+    record = read_lineage_table(workdir / "synthetic.zarr" / LINEAGE)[0]
+    path = workdir / "models" / "stage2" / "model.safetensors"
+    if target == "source":
+        path = next(p for p in map(lambda s: s.path, record.source_files) if p.endswith(".nii.gz"))
+    path = type(workdir)(path)
+    backup = tmp_path / "backup"
+    shutil.copy2(path, backup)
+    try:
+        _flip_byte(path)
+        outcome = runner.invoke(app, ["audit", synthetic])
+        assert outcome.exit_code == 1
+        assert "changed" in outcome.output and path.name in outcome.output.replace("\n", "")
+    finally:
+        shutil.copy2(backup, path)
+
+
+def test_counterfactual_removes_a_lesion_label_and_records_the_edit(micro_run, tmp_path):
+    workdir, _ = micro_run
+    out = tmp_path / "counterfactual.zarr"
+    outcome = counterfactual_flow(
+        str(workdir / "store.zarr"), str(out), "brain_000", "brain_001", ["remove:3"], 1, MICRO_CONFIG, str(workdir)
+    )
+    [synthetic_id] = outcome["written"]
+    image, mask, record = read_synthetic(out, synthetic_id)
+    assert 3 not in np.unique(mask) and mask.any()
+    assert record.mask_edits[0]["kind"] == "remove"
+    assert record.informed_slice.case_id == "brain_001"
+    again = counterfactual_flow(
+        str(workdir / "store.zarr"), str(out), "brain_000", "brain_001", ["remove:3"], 1, MICRO_CONFIG, str(workdir)
+    )
+    assert again["written"] == [] and again["skipped"] == 1
+
+
+def test_nifti_export_uses_the_source_affine(micro_run, tmp_path):
+    workdir, _ = micro_run
+    synthetic = workdir / "synthetic.zarr"
+    outcome = runner.invoke(
+        app, ["export", "--store", str(workdir / "store.zarr"), "--synthetic", str(synthetic), "--out", str(tmp_path)]
+    )
+    assert outcome.exit_code == 0, outcome.output
+    synthetic_id = list_synthetic(synthetic)[0]
+    _, _, record = read_synthetic(synthetic, synthetic_id)
+    exported = nib.load(tmp_path / f"{synthetic_id}_image.nii.gz")
+    source_affine = np.asarray(case_attributes(workdir / "store.zarr", record.source_case_id)["affine"])
+    np.testing.assert_allclose(exported.affine, source_affine, atol=1e-5)
+
+
+def test_nnunet_export_is_a_complete_raw_dataset(micro_run, tmp_path):
+    workdir, _ = micro_run
+    synthetic = workdir / "synthetic.zarr"
+    outcome = runner.invoke(
+        app,
+        [
+            "export",
+            "--store",
+            str(workdir / "store.zarr"),
+            "--synthetic",
+            str(synthetic),
+            "--out",
+            str(tmp_path),
+            "--format",
+            "nnunet",
+            "--dataset-id",
+            "7",
+            "--name",
+            "Micro",
+        ],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    root = tmp_path / "Dataset007_Micro"
+    meta = json.loads((root / "dataset.json").read_text())
+    info = discover_dataset(root)
+    assert info.layout == "nnunet" and len(info.cases) == meta["numTraining"]
+    assert meta["numTraining"] == 5 + len(list_synthetic(synthetic))
+    assert meta["labels"]["background"] == 0
