@@ -27,13 +27,9 @@ def make_training_scheduler(config: DiffusionConfig) -> DDPMScheduler:
 def make_sampling_scheduler(config: DiffusionConfig, sampler: str) -> SchedulerMixin:
     """A reverse-process solver with the same betas: "ddim" (the paper's) or "dpm_solver" (faster)."""
     if sampler == "ddim":
-        return DDIMScheduler(
-            **_schedule_kwargs(config), clip_sample=False, set_alpha_to_one=False, steps_offset=1
-        )
+        return DDIMScheduler(**_schedule_kwargs(config), clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     if sampler == "dpm_solver":
-        return DPMSolverMultistepScheduler(
-            **_schedule_kwargs(config), algorithm_type="dpmsolver++", solver_order=2
-        )
+        return DPMSolverMultistepScheduler(**_schedule_kwargs(config), algorithm_type="dpmsolver++", solver_order=2)
     raise ValueError(f"unknown sampler {sampler!r}; expected 'ddim' or 'dpm_solver'")
 
 
