@@ -1,5 +1,6 @@
 """prefect.yaml: every deployment's entrypoint imports and its parameters validate against the flow."""
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
 def test_entrypoint_imports_and_parameters_validate(deployment, monkeypatch):
     monkeypatch.chdir(ROOT)
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
-    validated = flow.validate_parameters(deployment.get("parameters", {}))
-    assert set(validated) >= set(deployment.get("parameters", {}))
+    parameters = deployment.get("parameters", {})
+    assert set(parameters) <= set(inspect.signature(flow.fn).parameters)
+    validated = flow.validate_parameters(parameters)
+    assert set(validated) >= set(parameters)
     assert deployment["work_pool"]["name"] == "gem3d-process"
 
 
