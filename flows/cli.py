@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +15,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 import flows  # noqa: F401  (applies the offline defaults before prefect, mlflow or GX are imported)
+from gem3d.errors import InputError
 
 app = typer.Typer(help="GEM-3D generative enhancement for 3D medical images.", no_args_is_help=True)
 console = Console()
@@ -21,6 +25,51 @@ ConfigOption = Annotated[
 ]
 DaskOption = Annotated[str | None, typer.Option("--dask-address", help="address of a running Dask scheduler")]
 WorkersOption = Annotated[int, typer.Option("--workers", help="local Dask workers when no address is given")]
+
+
+WRITE_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.ENOTDIR, errno.EDQUOT, errno.EPERM, errno.EEXIST}
+
+
+def friendly_errors(command: Callable) -> Callable:
+    """Turn input and disk problems into one clear line and exit code 2 instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as error:
+            console.print(f"[red]error[/red] {error.path or '-'}: {error.reason}", markup=True, highlight=False)
+        except FileExistsError as error:
+            console.print(f"[red]error[/red] {error}", highlight=False)
+        except OSError as error:
+            if error.errno not in WRITE_ERRORS:
+                raise
+            console.print(f"[red]cannot write[/red] {error.filename or ''}: {error.strerror}", highlight=False)
+        raise typer.Exit(2)
+
+    return wrapper
+
+
+def _is_expected_failure(record: logging.LogRecord) -> bool:
+    """Input and disk problems get one clear line from `friendly_errors`; Prefect need not log their tracebacks."""
+    error = record.exc_info[1] if record.exc_info else None
+    return isinstance(error, InputError) or (isinstance(error, OSError) and error.errno in WRITE_ERRORS)
+
+
+def _error_names(kind: type) -> set[str]:
+    return {kind.__name__} | {name for sub in kind.__subclasses__() for name in _error_names(sub)}
+
+
+EXPECTED_ERRORS = _error_names(InputError) | {"NotADirectoryError", "PermissionError", "FileExistsError"}
+
+
+def _only_unexpected(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not _is_expected_failure(record) and not any(f"exception {name}" in message for name in EXPECTED_ERRORS)
+
+
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_name).addFilter(_only_unexpected)
 
 
 def _print_quarantine(records: list[dict]) -> None:
@@ -44,6 +93,7 @@ def _print_summary(title: str, summary: dict, keys: tuple[str, ...]) -> None:
 
 
 @app.command()
+@friendly_errors
 def phantoms(
     out: Annotated[Path, typer.Option("--out", help="output folder (must be empty or absent)")],
     kind: Annotated[str, typer.Option("--kind", help="brain or abdomen")] = "brain",
@@ -60,6 +110,7 @@ def phantoms(
 
 
 @app.command()
+@friendly_errors
 def preprocess(
     dataset: Annotated[Path, typer.Option("--dataset", help="MSD, nnU-Net v2 raw, or image/label pairs folder")],
     store: Annotated[Path, typer.Option("--store", help="Zarr store to create or update")],
@@ -97,6 +148,7 @@ def preprocess(
 
 
 @app.command()
+@friendly_errors
 def validate(
     store: Annotated[Path, typer.Argument(help="Zarr store written by `gem3d preprocess`")],
 ) -> None:
@@ -116,6 +168,7 @@ def validate(
 
 
 @app.command()
+@friendly_errors
 def export(
     store: Annotated[Path, typer.Option("--store", help="real Zarr store")],
     out: Annotated[Path, typer.Option("--out", help="output folder")],
@@ -160,6 +213,7 @@ WorkdirOption = Annotated[Path | None, typer.Option("--workdir", help="where mod
 
 
 @app.command()
+@friendly_errors
 def enhance(
     store: StoreOption,
     out: OutOption,
@@ -181,6 +235,7 @@ def enhance(
 
 
 @app.command()
+@friendly_errors
 def counterfactual(
     store: StoreOption,
     out: OutOption,
@@ -201,6 +256,7 @@ def counterfactual(
 
 
 @app.command()
+@friendly_errors
 def deenhance(
     store: StoreOption,
     out: OutOption,
@@ -228,6 +284,7 @@ def deenhance(
 
 
 @app.command()
+@friendly_errors
 def lineage(
     synthetic_id: Annotated[str, typer.Argument(help="synthetic volume id (syn-...)")],
     synthetic: Annotated[Path, typer.Option("--synthetic", help="synthetic store")] = Path("gem3d-work/synthetic.zarr"),
@@ -241,6 +298,7 @@ def lineage(
 
 
 @app.command()
+@friendly_errors
 def audit(
     synthetic: Annotated[Path, typer.Argument(help="synthetic store")],
 ) -> None:
@@ -265,6 +323,7 @@ def audit(
 
 
 @app.command()
+@friendly_errors
 def train(
     store: Annotated[Path, typer.Option("--store", help="Zarr store written by `gem3d preprocess`")],
     stage: Annotated[str, typer.Option("--stage", help="1, 2, slicegen, baseline, autoencoder or all")] = "all",
@@ -288,6 +347,7 @@ def train(
 
 
 @app.command()
+@friendly_errors
 def run(
     dataset: Annotated[Path | None, typer.Option("--dataset", help="dataset folder; phantoms when absent")] = None,
     config: ConfigOption = None,

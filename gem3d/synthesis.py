@@ -568,6 +568,7 @@ def synthesize(
     models: LoadedModels,
     config: Config,
     on_invalid: Callable[[SynthesisPlan, InvalidEditError], None] | None = None,
+    batch_chains: bool = True,
 ) -> list[SyntheticVolume]:
     """Generate the planned volumes, `config.sampling.volumes_per_batch` at a time in shared batches.
 
@@ -586,7 +587,9 @@ def synthesize(
         batch = _prepare_all(plans[first : first + step], store, models, on_invalid)
         _generate_informed(batch, models, config)
         requests = [_request(item, models, config) for item in batch]
-        samples = sample_volumes(denoiser, config.diffusion, settings, requests, config.data.window_length)
+        samples = sample_volumes(
+            denoiser, config.diffusion, settings, requests, config.data.window_length, batch_chains=batch_chains
+        )
         for item, sample in zip(batch, samples, strict=True):
             # (Z, C, h, w) -> (Z, 1, H, W) -> (Z, H, W)
             decoded = models.codec.decode(sample, chunk=config.sampling.decode_chunk).clamp(-1, 1)
