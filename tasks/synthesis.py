@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data_contracts import synthetic_contract
 from gem3d.config import Config
+from gem3d.store import clear_staging
 from gem3d.synthesis import LoadedModels, SynthesisPlan, load_models, synthesize
 from gem3d.synthetic_store import (
     quarantine,
@@ -87,7 +88,11 @@ def fan_out_synthesis(
     config: Config,
     out: Path,
 ) -> dict:
-    """Map the batch task over the plans not yet published; a rerun after a crash does only what is missing."""
+    """Map the batch task over the plans not yet published; a rerun after a crash does only what is missing.
+
+    Leftovers of a killed run's staging area are removed first (one writer per synthetic store at a time).
+    """
+    clear_staging(out)
     todo = [plan for plan in plans if not synthetic_exists(out, plan.synthetic_id)]
     size = config.sampling.volumes_per_batch
     batches = [todo[first : first + size] for first in range(0, len(todo), size)]
