@@ -285,6 +285,33 @@ def deenhance(
 
 @app.command()
 @friendly_errors
+def evaluate(
+    store: StoreOption,
+    synthetic: Annotated[Path, typer.Option("--synthetic", help="synthetic store to evaluate")],
+    out: Annotated[Path, typer.Option("--out", help="report folder")],
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    feature_extractor: Annotated[
+        Path | None, typer.Option("--feature-extractor", help="TorchScript feature extractor (local path)")
+    ] = None,
+) -> None:
+    """Fidelity, consistency, diversity, distribution distance and segmentation usefulness: an HTML report."""
+    from flows.evaluate import evaluate_flow
+
+    outcome = evaluate_flow(
+        str(store),
+        str(synthetic),
+        str(out),
+        config,
+        str(workdir) if workdir else None,
+        str(feature_extractor) if feature_extractor else None,
+    )
+    state = "reused (inputs unchanged)" if outcome["skipped"] else "written"
+    console.print(f"report {state}: [bold]{outcome['report']}[/bold]")
+
+
+@app.command()
+@friendly_errors
 def lineage(
     synthetic_id: Annotated[str, typer.Argument(help="synthetic volume id (syn-...)")],
     synthetic: Annotated[Path, typer.Option("--synthetic", help="synthetic store")] = Path("gem3d-work/synthetic.zarr"),
