@@ -126,7 +126,16 @@ def main() -> None:
     parser.add_argument("--steps", default="5,10,15,20,25,50", help="DPM-Solver++ step counts to try, ascending")
     parser.add_argument("--tolerance-db", type=float, default=0.5, help="allowed mean PSNR shortfall")
     parser.add_argument("--device", default=None, help="torch device; default: the config's (auto: CUDA if any)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared CPU, idle-spinning OpenMP threads slow small networks "
+        "down many times over; 0 keeps torch's default)",
+    )
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     store, models_dir = args.workdir / "store.zarr", args.workdir / "models"
     meta = read_bundle_meta(models_dir / "stage2")

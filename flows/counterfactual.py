@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 
-from gem3d.checkpoints import read_bundle_meta
-from gem3d.config import config_hash, load_config
 from gem3d.synthesis import plan_counterfactual
-from tasks.synthesis import run_synthesis
+from tasks.synthesis import run_synthesis, synthesis_context
 
 
 @flow(name="counterfactual")
@@ -24,22 +20,16 @@ def counterfactual_flow(
     workdir: str | None = None,
 ) -> dict:
     """Mask of `mask_from` (after `edits` such as "remove:1,2,3") with the appearance of `slice_from`."""
-    config = load_config(config_path)
-    store_path = Path(store).resolve()
-    workdir_path = Path(workdir).resolve() if workdir else store_path.parent
-    models_dir = workdir_path / "models"
-    weights = read_bundle_meta(models_dir / "stage2")["sha256"]
+    context = synthesis_context(store, config_path, workdir)
     plans = plan_counterfactual(
-        store_path,
+        context.store,
         mask_from,
         slice_from,
         edits or [],
-        config,
-        weights,
-        config_hash(config),
-        base_seed=config.seed,
+        context.config,
+        context.weights_sha256,
+        context.config_hash,
+        base_seed=context.config.seed,
         variants=variants,
     )
-    return run_synthesis(
-        "counterfactual", plans, store_path, models_dir, "stage2", weights, config, Path(out).resolve(), workdir_path
-    )
+    return run_synthesis("counterfactual", plans, context, out)

@@ -12,10 +12,9 @@ from pathlib import Path
 from prefect import flow
 
 from gem3d.checkpoints import read_bundle_meta
-from gem3d.config import config_hash, load_config
 from gem3d.store import read_manifest
 from gem3d.synthesis import plan_enhancement
-from tasks.synthesis import run_synthesis
+from tasks.synthesis import run_synthesis, synthesis_context
 
 
 def split_case_ids(store: Path, split: str) -> list[str]:
@@ -35,31 +34,17 @@ def enhance_flow(
     workdir: str | None = None,
 ) -> dict:
     """Generate `per_case` variants of each training case (or `cases`) into the synthetic store `out`."""
-    config = load_config(config_path)
-    store_path = Path(store).resolve()
-    workdir_path = Path(workdir).resolve() if workdir else store_path.parent
-    models_dir = workdir_path / "models"
-    weights = read_bundle_meta(models_dir / "stage2")["sha256"]
-    generator = read_bundle_meta(models_dir / "slicegen")["sha256"] if setting.startswith("ig") else None
+    context = synthesis_context(store, config_path, workdir)
+    generator = read_bundle_meta(context.models_dir / "slicegen")["sha256"] if setting.startswith("ig") else None
     plans = plan_enhancement(
-        store_path,
-        cases or split_case_ids(store_path, "train"),
+        context.store,
+        cases or split_case_ids(context.store, "train"),
         setting,
         per_case,
-        config,
-        weights,
-        config_hash(config),
-        base_seed=config.seed,
+        context.config,
+        context.weights_sha256,
+        context.config_hash,
+        base_seed=context.config.seed,
         generator_sha256=generator,
     )
-    return run_synthesis(
-        f"enhance-{setting}",
-        plans,
-        store_path,
-        models_dir,
-        "stage2",
-        weights,
-        config,
-        Path(out).resolve(),
-        workdir_path,
-    )
+    return run_synthesis(f"enhance-{setting}", plans, context, out)

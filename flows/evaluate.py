@@ -31,7 +31,7 @@ from gem3d.store import manifest_digest, read_case, read_manifest, store_attribu
 from gem3d.synthesis import SynthesisPlan, plan_test_regeneration
 from gem3d.synthetic_store import list_synthetic, read_synthetic, synthetic_attributes
 from gem3d.views import orthogonal_views, save_png, side_by_side, slice_grid
-from tasks.synthesis import run_synthesis
+from tasks.synthesis import SynthesisContext, run_synthesis, synthesis_context
 from tasks.tracking import tracked_run
 
 ENHANCEMENT_ORDER = ("ic", "icma", "ig", "igma")
@@ -45,12 +45,13 @@ def _boundaries(plan: SynthesisPlan, num_slices: int, config: Config) -> list[in
     )
 
 
-def _regenerate(
-    step: str, store: Path, test_ids: list[str], role: str, config: Config, models_dir: Path, out: Path, workdir: Path
-) -> list[SynthesisPlan]:
-    weights = read_bundle_meta(models_dir / role)["sha256"]
-    plans = plan_test_regeneration(store, test_ids, config, weights, config_hash(config), base_seed=config.seed)
-    run_synthesis(step, plans, store, models_dir, role, weights, config, out, workdir)
+def _regenerate(step: str, test_ids: list[str], context: SynthesisContext, out: Path) -> list[SynthesisPlan]:
+    """Test cases from their own mask and informed slice (the paper's test setting), into `out`."""
+    config = context.config
+    plans = plan_test_regeneration(
+        context.store, test_ids, config, context.weights_sha256, context.config_hash, base_seed=config.seed
+    )
+    run_synthesis(step, plans, context, out)
     return plans
 
 
@@ -105,15 +106,15 @@ def evaluate_flow(
     no_overlap = config.model_copy(
         update={"sampling": config.sampling.model_copy(update={"overlapped_inpainting": False})}
     )
+    workdir_text = str(workdir_path)
     gem3d_plans = _regenerate(
-        "evaluate-test", store_path, test_ids, "stage2", config, models_dir, evaluation_store, workdir_path
+        "evaluate-test", test_ids, synthesis_context(store, config, workdir_text), evaluation_store
     )
     ablation_plans = _regenerate(
-        "evaluate-test-no-oi", store_path, test_ids, "stage2", no_overlap, models_dir, evaluation_store, workdir_path
+        "evaluate-test-no-oi", test_ids, synthesis_context(store, no_overlap, workdir_text), evaluation_store
     )
-    baseline_plans = _regenerate(
-        "evaluate-test-baseline", store_path, test_ids, "baseline", config, models_dir, evaluation_store, workdir_path
-    )
+    baseline = synthesis_context(store, config, workdir_text, "baseline")
+    baseline_plans = _regenerate("evaluate-test-baseline", test_ids, baseline, evaluation_store)
     ablation = [
         (
             read_synthetic(evaluation_store, plan.synthetic_id)[0],

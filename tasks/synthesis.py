@@ -5,6 +5,7 @@ publish what passes and quarantine the rest; plus the fan-out over a Dask cluste
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from prefect import get_run_logger, runtime, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from data_contracts import synthetic_contract
-from gem3d.config import Config
+from gem3d.checkpoints import read_bundle_meta
+from gem3d.config import Config, config_hash, load_config
 from gem3d.store import clear_staging
 from gem3d.synthesis import LoadedModels, SynthesisPlan, load_models, synthesize
 from gem3d.synthetic_store import (
@@ -25,6 +27,36 @@ from gem3d.synthetic_store import (
     write_synthetic,
 )
 from tasks.tracking import tracked_run
+
+
+@dataclass(frozen=True)
+class SynthesisContext:
+    """What every synthesis step resolves first: config, real store, work folder and the denoiser's weights."""
+
+    config: Config
+    store: Path
+    workdir: Path
+    role: str
+    weights_sha256: str
+
+    @property
+    def models_dir(self) -> Path:
+        return self.workdir / "models"
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+
+def synthesis_context(
+    store: str, config: str | Config | None, workdir: str | None, role: str = "stage2"
+) -> SynthesisContext:
+    """Resolve paths (the work folder defaults to the store's parent) and read the trained bundle's hash."""
+    loaded = config if isinstance(config, Config) else load_config(config)
+    store_path = Path(store).resolve()
+    workdir_path = Path(workdir).resolve() if workdir else store_path.parent
+    weights = read_bundle_meta(workdir_path / "models" / role)["sha256"]
+    return SynthesisContext(loaded, store_path, workdir_path, role, weights)
 
 
 @lru_cache(maxsize=4)
@@ -79,31 +111,23 @@ def synthesize_batch_task(
     return {"written": written, "quarantined": quarantined}
 
 
-def fan_out_synthesis(
-    plans: Sequence[SynthesisPlan],
-    store: Path,
-    models_dir: Path,
-    role: str,
-    weights_sha256: str,
-    config: Config,
-    out: Path,
-) -> dict:
+def fan_out_synthesis(plans: Sequence[SynthesisPlan], context: SynthesisContext, out: Path) -> dict:
     """Map the batch task over the plans not yet published; a rerun after a crash does only what is missing.
 
     Leftovers of a killed run's staging area are removed first (one writer per synthetic store at a time).
     """
     clear_staging(out)
     todo = [plan for plan in plans if not synthetic_exists(out, plan.synthetic_id)]
-    size = config.sampling.volumes_per_batch
+    size = context.config.sampling.volumes_per_batch
     batches = [todo[first : first + size] for first in range(0, len(todo), size)]
     futures = synthesize_batch_task.map(
         batches,
         [len(batch) for batch in batches],
-        unmapped(store),
-        unmapped(models_dir),
-        unmapped(role),
-        unmapped(weights_sha256),
-        unmapped(config),
+        unmapped(context.store),
+        unmapped(context.models_dir),
+        unmapped(context.role),
+        unmapped(context.weights_sha256),
+        unmapped(context.config),
         unmapped(out),
     )
     outcomes = [future.result() for future in futures]
@@ -115,20 +139,11 @@ def fan_out_synthesis(
     }
 
 
-def run_synthesis(
-    step: str,
-    plans: Sequence[SynthesisPlan],
-    store: Path,
-    models_dir: Path,
-    role: str,
-    weights_sha256: str,
-    config: Config,
-    out: Path,
-    workdir: Path,
-) -> dict:
+def run_synthesis(step: str, plans: Sequence[SynthesisPlan], context: SynthesisContext, out: str | Path) -> dict:
     """Fan out, rebuild the lineage table, and record the step in MLflow (counts, lineage table)."""
-    with tracked_run(step, workdir, config, tags={"gem3d.synthetic_store": str(out)}) as run_id:
-        outcome = fan_out_synthesis(plans, store, models_dir, role, weights_sha256, config, out)
+    out = Path(out).resolve()
+    with tracked_run(step, context.workdir, context.config, tags={"gem3d.synthetic_store": str(out)}) as run_id:
+        outcome = fan_out_synthesis(plans, context, out)
         lineage_path = rebuild_lineage_table(out)
         mlflow.log_metrics(
             {
