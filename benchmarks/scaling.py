@@ -24,6 +24,7 @@ from tasks.environment import apply_offline_defaults  # noqa: E402
 apply_offline_defaults()
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import threading  # noqa: E402
@@ -65,19 +66,65 @@ RUNNERS: dict[str, Callable[[int], DaskTaskRunner]] = {
 
 @dataclass
 class Timing:
-    """Wall time of one flow run with one runner kind and worker count."""
+    """One flow run with one runner kind and worker count: wall time, and the steady rate between the first
+    and the last item written (which leaves out cluster start-up, worker imports and the flow's tail)."""
 
     part: str
     runner: str
     workers: int
     items: int
     seconds: float
+    steady_rate: float
 
 
-def timed(call: Callable[[], object]) -> float:
-    began = time.perf_counter()
-    call()
-    return time.perf_counter() - began
+class Watcher:
+    """Polls an output store while a flow runs: items written (staged or published) and this process's RSS."""
+
+    def __init__(self, store: Path, interval: float = 0.1) -> None:
+        self.store, self.interval = store, interval
+        self.samples: list[tuple[float, int, float]] = []  # (seconds since start, items, RSS MiB)
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def items(self) -> int:
+        folders = [self.store / CASES, staging_dir(self.store)]
+        return sum(1 for folder in folders if folder.is_dir() for path in folder.iterdir() if path.is_dir())
+
+    def _watch(self) -> None:
+        began = time.perf_counter()
+        while not self._finished.wait(self.interval):
+            self.samples.append((time.perf_counter() - began, self.items(), rss() / MIB))
+
+    def __enter__(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._finished.set()
+        self._thread.join()
+
+    def steady_rate(self, total: int) -> float:
+        """Items per second from the first poll that saw any item to the first that saw all of them."""
+        first = next(((t, n) for t, n, _ in self.samples if n > 0), None)
+        last = next((t for t, n, _ in self.samples if n >= total), None)
+        if first is None or last is None or last <= first[0]:
+            return float("nan")
+        return (total - first[1]) / (last - first[0])
+
+
+def timed_run(part: str, runner: str, workers: int, items: int, out: Path, call: Callable[[], object]) -> Timing:
+    """Run `call` (a flow writing `items` items into the store `out`), timing it end to end and in between."""
+    with Watcher(out) as watcher:
+        began = time.perf_counter()
+        call()
+        seconds = time.perf_counter() - began
+    timing = Timing(part, runner, workers, items, seconds, watcher.steady_rate(items))
+    print(
+        f"  {part} {runner:<17} {workers} worker(s): {seconds:6.1f} s for {items} items "
+        f"(steady {timing.steady_rate:.2f} items/s; load average {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+    return timing
 
 
 def preprocess_part(root: Path, cases: int, workers: list[int]) -> list[Timing]:
@@ -88,17 +135,18 @@ def preprocess_part(root: Path, cases: int, workers: list[int]) -> list[Timing]:
     preprocess_flow.with_options(task_runner=make_task_runner(None, 1))(
         str(warmup), str(root / "warmup.zarr"), None, None, str(workdir)
     )
+
+    def preprocess(runner: DaskTaskRunner, store: Path) -> None:
+        summary = preprocess_flow.with_options(task_runner=runner)(str(dataset), str(store), None, None, str(workdir))
+        if summary["published"] != cases:
+            raise SystemExit(f"preprocess published {summary['published']} of {cases} cases into {store}")
+
     timings = []
     for runner, make in RUNNERS.items():
         for count in workers:
-            store = root / f"store-{len(timings)}.zarr"
-            flow = preprocess_flow.with_options(task_runner=make(count))
-            seconds = timed(lambda flow=flow, store=store: flow(str(dataset), str(store), None, None, str(workdir)))
-            published = sum(1 for path in (store / CASES).iterdir() if (path / "zarr.json").exists())
-            if published != cases:
-                raise SystemExit(f"preprocess published {published} of {cases} cases with {runner} x{count}")
-            timings.append(Timing("preprocess", runner, count, cases, seconds))
-            print(f"  preprocess {runner:<17} {count} worker(s): {seconds:6.1f} s for {cases} cases", flush=True)
+            store, task_runner = root / f"store-{len(timings)}.zarr", make(count)
+            call = functools.partial(preprocess, task_runner, store)
+            timings.append(timed_run("preprocess", runner, count, cases, store, call))
     return timings
 
 
@@ -135,11 +183,9 @@ def sampling_part(root: Path, trained: Path, volumes: int, per_batch: int, worke
     timings = []
     for runner, make in RUNNERS.items():
         for count in workers:
-            out = workdir / f"synthetic-{len(timings)}.zarr"
-            runner_ = make(count)
-            seconds = timed(lambda out=out, runner_=runner_: enhance(runner_, out, cases, per_case))
-            timings.append(Timing("sampling", runner, count, total, seconds))
-            print(f"  sampling {runner:<17} {count} worker(s): {seconds:6.1f} s for {total} volumes", flush=True)
+            out, task_runner = workdir / f"synthetic-{len(timings)}.zarr", make(count)
+            call = functools.partial(enhance, task_runner, out, cases, per_case)
+            timings.append(timed_run("sampling", runner, count, total, out, call))
     return timings
 
 
@@ -156,44 +202,37 @@ def memory_part(root: Path, cases: int, workers: int) -> tuple[list[tuple[int, f
     workdir, store = root / "work", root / "memory.zarr"
     flow = preprocess_flow.with_options(task_runner=make_task_runner(None, workers))
     flow(str(warmup), str(root / "warmup.zarr"), None, None, str(workdir))
-    samples: list[tuple[int, float]] = []
-    finished = threading.Event()
-
-    def done_cases() -> int:
-        folders = [store / CASES, staging_dir(store)]
-        return sum(1 for folder in folders if folder.is_dir() for path in folder.iterdir() if path.is_dir())
-
-    def watch() -> None:
-        while not finished.wait(0.25):
-            samples.append((done_cases(), rss() / MIB))
-
     print(f"  memory: RSS before the run {rss() / MIB:.0f} MiB", flush=True)
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    summary = flow(str(dataset), str(store), None, None, str(workdir))
-    finished.set()
-    watcher.join()
+    with Watcher(store, interval=0.25) as watcher:
+        summary = flow(str(dataset), str(store), None, None, str(workdir))
     if summary["published"] != cases:
         raise SystemExit(f"memory run published {summary['published']} of {cases} cases: {summary['quarantine'][:3]}")
-    return samples, rss() / MIB
+    return [(items, mib) for _, items, mib in watcher.samples], rss() / MIB
 
 
 def rss_at(samples: list[tuple[int, float]], count: int) -> float:
     """The RSS sampled when `count` cases were first done (staged or published)."""
-    return next((rss for done, rss in samples if done >= count), samples[-1][1])
+    return next((mib for done, mib in samples if done >= count), samples[-1][1])
 
 
 def print_speedups(timings: list[Timing]) -> None:
-    header = f"{'part':<11} {'runner':<18} {'workers':>7} {'seconds':>8} {'items/s':>8}"
-    print(f"\n{header} {'speed-up':>9} {'efficiency':>10}")
+    print(
+        f"\n{'part':<11} {'runner':<18} {'workers':>7} {'seconds':>8} {'speed-up':>9} {'efficiency':>10}"
+        f" | {'steady/s':>8} {'speed-up':>9} {'efficiency':>10}"
+    )
     for timing in timings:
         base = next(t for t in timings if (t.part, t.runner) == (timing.part, timing.runner) and t.workers == 1)
         speedup = base.seconds / timing.seconds
+        steady = timing.steady_rate / base.steady_rate
         print(
             f"{timing.part:<11} {timing.runner:<18} {timing.workers:>7} {timing.seconds:>8.1f} "
-            f"{timing.items / timing.seconds:>8.2f} {speedup:>9.2f} {speedup / timing.workers:>10.2f}"
+            f"{speedup:>9.2f} {speedup / timing.workers:>10.2f} | {timing.steady_rate:>8.2f} "
+            f"{steady:>9.2f} {steady / timing.workers:>10.2f}"
         )
-    print(f"target parallel efficiency (speed-up / workers): {TARGET_EFFICIENCY}")
+    print(
+        f"target parallel efficiency (speed-up / workers): {TARGET_EFFICIENCY}; left: end to end (cluster start-up,"
+        " worker imports, contracts and MLflow included); right: steady rate between the first and last item written"
+    )
 
 
 def print_memory(samples: list[tuple[int, float]], final: float, cases: int) -> None:
@@ -214,11 +253,20 @@ def main() -> None:
     parser.add_argument("--part", choices=["preprocess", "sampling", "memory", "all"], default="all")
     parser.add_argument("--cases", type=int, default=200, help="tiny phantoms for the memory part")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (1 first)")
-    parser.add_argument("--preprocess-cases", type=int, default=24, help="default-size phantoms to preprocess")
+    parser.add_argument("--preprocess-cases", type=int, default=96, help="default-size phantoms to preprocess")
     parser.add_argument("--workdir", type=Path, help="trained work directory (gem3d run) for the sampling part")
     parser.add_argument("--volumes", type=int, default=8, help="volumes to sample per run")
-    parser.add_argument("--volumes-per-batch", type=int, default=2, help="volumes per sampling task")
+    parser.add_argument("--volumes-per-batch", type=int, default=1, help="volumes per sampling task")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads in this process, shared by the threaded workers (default 1, like each "
+        "process worker, where Dask sets OMP_NUM_THREADS=1; 0 keeps torch's default)",
+    )
     args = parser.parse_args()
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
     if args.workers[0] != 1:
         parser.error("--workers must start with 1 (the baseline)")
     parts = ["preprocess", "sampling", "memory"] if args.part == "all" else [args.part]
