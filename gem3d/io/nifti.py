@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import zlib
@@ -27,6 +26,7 @@ from gem3d.errors import (
     UnreadableFileError,
 )
 from gem3d.io.layouts import CaseRef
+from gem3d.lineage import sha256_file
 
 AFFINE_TOLERANCE = 1e-3
 
@@ -41,15 +41,6 @@ class LoadedCase:
     affine: np.ndarray
     image_sha256: str
     label_sha256: str
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Content hash of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read(path: Path) -> nib.Nifti1Image:
