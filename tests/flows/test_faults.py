@@ -40,6 +40,7 @@ def _gem3d(*args: str) -> subprocess.Popen:
     from prefect.settings import PREFECT_API_URL
 
     env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value() or ""}
+    env.pop("MLFLOW_TRACKING_URI", None)  # set by mlflow in this process; the child tracks to its own workdir
     command = [sys.executable, "-c", "from flows.cli import app; app()", *args]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
