@@ -84,10 +84,10 @@ def run(
     batch_chains: bool,
 ) -> Outcome:
     """Regenerate the planned volumes with `config`'s sampler, timing it and scoring each against its truth."""
-    _synchronise(models.device)
+    synchronise(models.device)
     began = time.perf_counter()
     volumes = synthesize(plans, store, models, config, batch_chains=batch_chains)
-    _synchronise(models.device)
+    synchronise(models.device)
     seconds = time.perf_counter() - began
     return Outcome(
         sampler=config.sampling.sampler,
@@ -98,7 +98,7 @@ def run(
     )
 
 
-def _synchronise(device: torch.device) -> None:
+def synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

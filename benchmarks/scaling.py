@@ -1,7 +1,9 @@
 """Scale-out: speed-up from 1 to N local Dask workers for preprocessing and sampling, and memory over many cases.
 
-(a) preprocess: brain phantoms through `preprocess_flow` into a fresh store, with the default local cluster
-    (`tasks.runners.make_task_runner`: threads in this process) and with a process-based local cluster;
+(a) preprocess: BraTS-sized brain phantoms (240x240x155 by default) through `preprocess_flow` into a fresh
+    store, with the default local cluster (`tasks.runners.make_task_runner`: threads in this process) and with a
+    process-based local cluster. Case size matters: numpy, zlib and torch release the GIL on real-sized arrays,
+    while on tiny cases Prefect's per-task bookkeeping (which holds it) dominates;
 (b) sampling: `enhance_flow` ("ic") from a trained work directory into a fresh synthetic store each time,
     with both clusters;
 (c) memory: `--cases` tiny phantoms through `preprocess_flow` (default runner: its workers are threads here),
@@ -48,6 +50,7 @@ from tasks.runners import make_task_runner  # noqa: E402
 
 TARGET_EFFICIENCY = 0.8
 MEMORY_SHAPE = (48, 48, 24)
+BRATS_SHAPE = (240, 240, 155)
 MIB = 2**20
 
 
@@ -127,10 +130,10 @@ def timed_run(part: str, runner: str, workers: int, items: int, out: Path, call:
     return timing
 
 
-def preprocess_part(root: Path, cases: int, workers: list[int]) -> list[Timing]:
-    """Time `preprocess_flow` over `cases` default-size brain phantoms into a fresh store per run."""
-    dataset = write_phantom_dataset(root / "phantoms", "brain", cases)
-    warmup = write_phantom_dataset(root / "warmup", "brain", 2)
+def preprocess_part(root: Path, cases: int, shape: tuple[int, int, int], workers: list[int]) -> list[Timing]:
+    """Time `preprocess_flow` over `cases` brain phantoms of `shape` into a fresh store per run."""
+    dataset = write_phantom_dataset(root / "phantoms", "brain", cases, shape=shape)
+    warmup = write_phantom_dataset(root / "warmup", "brain", 2, shape=shape)
     workdir = root / "work"
     preprocess_flow.with_options(task_runner=make_task_runner(None, 1))(
         str(warmup), str(root / "warmup.zarr"), None, None, str(workdir)
@@ -253,7 +256,13 @@ def main() -> None:
     parser.add_argument("--part", choices=["preprocess", "sampling", "memory", "all"], default="all")
     parser.add_argument("--cases", type=int, default=200, help="tiny phantoms for the memory part")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (1 first)")
-    parser.add_argument("--preprocess-cases", type=int, default=96, help="default-size phantoms to preprocess")
+    parser.add_argument("--preprocess-cases", type=int, default=16, help="phantoms to preprocess")
+    parser.add_argument(
+        "--preprocess-shape",
+        type=lambda text: tuple(int(size) for size in text.split("x")),
+        default=BRATS_SHAPE,
+        help="phantom shape XxYxZ for the preprocessing part (default 240x240x155, a BraTS case)",
+    )
     parser.add_argument("--workdir", type=Path, help="trained work directory (gem3d run) for the sampling part")
     parser.add_argument("--volumes", type=int, default=8, help="volumes to sample per run")
     parser.add_argument("--volumes-per-batch", type=int, default=1, help="volumes per sampling task")
@@ -288,7 +297,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gem3d-scaling-") as folder, harness:
         root = Path(folder)
         if "preprocess" in parts:
-            timings += preprocess_part(root / "preprocess", args.preprocess_cases, args.workers)
+            timings += preprocess_part(root / "preprocess", args.preprocess_cases, args.preprocess_shape, args.workers)
         if "sampling" in parts:
             timings += sampling_part(
                 root / "sampling", args.workdir.resolve(), args.volumes, args.volumes_per_batch, args.workers

@@ -146,6 +146,9 @@ class RuntimeConfig(_Section):
 
     dask_address: str | None = None
     workers: int = 2
+    deterministic: bool = False
+    """Deterministic GPU kernels for training and sampling (`gem3d.determinism`): slower, but reruns on the same
+    GPU and software give identical results. CPU runs are bit-for-bit reproducible either way."""
 
 
 class Config(_Section):

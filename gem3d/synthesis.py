@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gem3d.checkpoints import MODEL_FILE, SPEC_FILE, load_model
 from gem3d.config import Config
+from gem3d.determinism import deterministic_kernels
 from gem3d.editing import (
     AppliedEdit,
     Edit,
@@ -534,7 +535,12 @@ def _lineage(item: _Prepared, models: LoadedModels, settings: SamplerSettings, c
         mask_edits=[record.to_dict() for record in item.applied],
         informed_slice=item.informed.reference() if item.informed else None,
         start_slice=plan.start_slice,
-        sampler={**asdict(settings), "window_length": config.data.window_length},
+        sampler={
+            **asdict(settings),
+            "window_length": config.data.window_length,
+            "device": str(models.device),
+            "deterministic_kernels": config.runtime.deterministic,
+        },
         checkpoints=checkpoints,
         config_hash=plan.config_hash,
         package_version=version["package_version"],
@@ -579,6 +585,18 @@ def synthesize(
     """
     for plan in plans:
         _check_models(plan, models)
+    with deterministic_kernels(config.runtime.deterministic):
+        return _synthesize_batches(plans, store, models, config, on_invalid, batch_chains)
+
+
+def _synthesize_batches(
+    plans: Sequence[SynthesisPlan],
+    store: str | Path,
+    models: LoadedModels,
+    config: Config,
+    on_invalid: Callable[[SynthesisPlan, InvalidEditError], None] | None,
+    batch_chains: bool,
+) -> list[SyntheticVolume]:
     settings = SamplerSettings.from_config(config.sampling)
     denoiser = _window_denoiser(models.denoiser)
     step = config.sampling.volumes_per_batch

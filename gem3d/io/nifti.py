@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import tempfile
 import zlib
@@ -26,7 +28,6 @@ from gem3d.errors import (
     UnreadableFileError,
 )
 from gem3d.io.layouts import CaseRef
-from gem3d.lineage import sha256_file
 
 AFFINE_TOLERANCE = 1e-3
 
@@ -43,19 +44,31 @@ class LoadedCase:
     label_sha256: str
 
 
-def _read(path: Path) -> nib.Nifti1Image:
+NIFTI2_HEADER_SIZE = 540
+
+
+def _read(path: Path) -> tuple[nib.Nifti1Image, np.ndarray, str]:
+    """Read a NIfTI file once: the image, its voxel array and the sha256 of the file's bytes.
+
+    The file is decompressed in one call, which releases the GIL, so threaded workers read cases in
+    parallel (streaming through `gzip` in 8 KiB chunks mostly holds it), and the bytes are hashed in memory.
+    """
     if not path.exists():
         raise MissingFileError(path, "file does not exist")
     try:
-        image = nib.load(path)
-        image.get_fdata(dtype=np.float32)
+        raw = path.read_bytes()
+        content = gzip.decompress(raw) if path.name.endswith(".gz") else raw
+        header_size = {int.from_bytes(content[:4], order) for order in ("little", "big")}
+        kind = nib.Nifti2Image if NIFTI2_HEADER_SIZE in header_size else nib.Nifti1Image
+        nifti = kind.from_bytes(content)
+        data = np.asanyarray(nifti.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as error:
         raise UnreadableFileError(path, f"cannot read NIfTI: {error}") from error
-    return image
+    return nifti, data, hashlib.sha256(raw).hexdigest()
 
 
-def _image_data(nifti: nib.Nifti1Image, ref: CaseRef) -> np.ndarray:
-    data = np.asanyarray(nifti.dataobj).astype(np.float32)
+def _image_data(data: np.ndarray, ref: CaseRef) -> np.ndarray:
+    data = data.astype(np.float32, copy=False)
     if ref.channel is not None:
         if data.ndim != 4:
             raise DimensionError(ref.image_path, f"expected a 4D multi-channel image, got {data.ndim}D")
@@ -69,12 +82,29 @@ def _image_data(nifti: nib.Nifti1Image, ref: CaseRef) -> np.ndarray:
     return data
 
 
+def _integer_label(label_raw: np.ndarray, path: Path) -> np.ndarray:
+    """The label volume as integers; refuse non-integer values (floats with fractions, NaN)."""
+    if label_raw.dtype.kind in "iub":
+        return label_raw
+    label_float = np.asarray(label_raw, dtype=np.float64)
+    if not np.all(np.isfinite(label_float)) or np.any(label_float != np.round(label_float)):
+        raise LabelError(path, "label volume holds non-integer values")
+    return label_float.astype(np.int64)
+
+
+def _label_values(label: np.ndarray) -> set[int]:
+    """The distinct values of an integer label volume (a histogram when they fit in a byte: no sort, no copy)."""
+    if label.size and label.min() >= 0 and label.max() <= 255:
+        counts = np.bincount(label.astype(np.uint8, copy=False).ravel(order="K"), minlength=256)
+        return set(np.flatnonzero(counts).tolist())
+    return set(np.unique(label).tolist())
+
+
 def load_case(ref: CaseRef, declared_labels: set[int] | None) -> LoadedCase:
     """Read and check one case; raise an `InputError` subclass naming the file and the problem."""
-    image_nifti = _read(ref.image_path)
-    label_nifti = _read(ref.label_path)
-    image = _image_data(image_nifti, ref)
-    label_raw = np.asanyarray(label_nifti.dataobj)
+    image_nifti, image_data, image_sha256 = _read(ref.image_path)
+    label_nifti, label_raw, label_sha256 = _read(ref.label_path)
+    image = _image_data(image_data, ref)
     if label_raw.ndim == 4 and label_raw.shape[3] == 1:
         label_raw = label_raw[..., 0]
     if label_raw.ndim != 3:
@@ -88,11 +118,8 @@ def load_case(ref: CaseRef, declared_labels: set[int] | None) -> LoadedCase:
     if not np.all(np.isfinite(image)):
         count = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
         raise NonFiniteError(ref.image_path, f"{count} NaN or infinite voxels")
-    label_float = np.asarray(label_raw, dtype=np.float64)
-    if not np.all(np.isfinite(label_float)) or np.any(label_float != np.round(label_float)):
-        raise LabelError(ref.label_path, "label volume holds non-integer values")
-    label = label_float.astype(np.int64)
-    values = set(np.unique(label).tolist())
+    label = _integer_label(label_raw, ref.label_path)
+    values = _label_values(label)
     if declared_labels and not values <= declared_labels:
         raise LabelError(ref.label_path, f"label values {sorted(values - declared_labels)} are not declared")
     if label.min() < 0 or label.max() > 255:
@@ -107,8 +134,8 @@ def load_case(ref: CaseRef, declared_labels: set[int] | None) -> LoadedCase:
         image=image,
         label=label.astype(np.uint8),
         affine=np.asarray(image_nifti.affine, dtype=np.float64),
-        image_sha256=sha256_file(ref.image_path),
-        label_sha256=sha256_file(ref.label_path),
+        image_sha256=image_sha256,
+        label_sha256=label_sha256,
     )
 
 

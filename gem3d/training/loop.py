@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from gem3d.checkpoints import ModelSpec, build_model, load_model, read_bundle_meta, save_model
 from gem3d.config import Config, StageTrainConfig, config_hash
 from gem3d.data import case_ids_for_split
+from gem3d.determinism import deterministic_kernels
 from gem3d.errors import StoreError
 from gem3d.models.autoencoder import LatentCodec, PixelCodec
 from gem3d.models.factory import build_codec
@@ -78,7 +79,10 @@ def train_stage(
         raise ValueError(f"autoencoder.kind is {config.autoencoder.kind!r}: there is no autoencoder to train")
     runtime = start_runtime(config)
     try:
-        return _train(stage, config, Path(store), Path(out_dir), resume, init_from, on_metrics, on_checkpoint, runtime)
+        with deterministic_kernels(config.runtime.deterministic):
+            return _train(
+                stage, config, Path(store), Path(out_dir), resume, init_from, on_metrics, on_checkpoint, runtime
+            )
     finally:
         if runtime.owns_process_group:
             dist.destroy_process_group()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gem3d.checkpoints import ModelSpec, build_model, save_model
 from gem3d.config import AutoencoderConfig, config_hash
@@ -197,3 +198,17 @@ def test_latent_first_stage_decodes_to_image_size_and_is_recorded(tmp_path, setu
     assert np.isfinite(volume.image).all() and volume.image.min() >= -1 and volume.image.max() <= 1
     assert [(ref.role, ref.sha256) for ref in volume.lineage.checkpoints][1] == ("autoencoder", codec_sha256)
     assert missing_fields(volume.lineage) == []
+
+
+def test_deterministic_kernels_change_nothing_on_cpu_and_are_recorded(setup, plans):
+    store, _, models = setup
+    config = CONFIG.model_copy(update={"runtime": CONFIG.runtime.model_copy(update={"deterministic": True})})
+    chosen = plans["ic"] + plans["ig"]
+    default = synthesize(chosen, store, models, CONFIG)
+    deterministic = synthesize(chosen, store, models, config)
+    for plain, strict in zip(default, deterministic, strict=True):
+        assert np.array_equal(plain.image, strict.image)
+        assert strict.lineage.sampler["deterministic_kernels"] is True
+        assert plain.lineage.sampler["deterministic_kernels"] is False
+        assert strict.lineage.sampler["device"] == "cpu"
+    assert not torch.are_deterministic_algorithms_enabled()
