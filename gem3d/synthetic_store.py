@@ -146,6 +146,15 @@ def read_synthetic(store: str | Path, synthetic_id: str) -> tuple[np.ndarray, np
     return group["image"][:], group["label"][:], LineageRecord.model_validate(attributes["lineage"])
 
 
+def volume_digests(store: str | Path) -> dict[str, str]:
+    """sha256 of every published volume's image and mask, by id: what "bit-identical reruns" compares."""
+    digests = {}
+    for synthetic_id in list_synthetic(store):
+        image, mask, _ = read_synthetic(store, synthetic_id)
+        digests[synthetic_id] = f"{sha256_array(image)}:{sha256_array(mask)}"
+    return digests
+
+
 def quarantine(store: str | Path, synthetic_id: str, reason: str) -> Path:
     """Append `synthetic_id` and the reason to the store's `quarantine.json` (rewritten atomically).
 

@@ -1,6 +1,5 @@
 """The whole pipeline: one parent flow, nested MLflow runs, skip on unchanged inputs, bit-for-bit reruns."""
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -8,16 +7,8 @@ import mlflow
 import yaml
 
 from flows.pipeline import pipeline_flow
-from gem3d.synthetic_store import list_synthetic, read_synthetic
+from gem3d.synthetic_store import volume_digests
 from tests.flows.conftest import MICRO_CONFIG
-
-
-def _volume_digests(store):
-    digests = {}
-    for synthetic_id in list_synthetic(store):
-        image, mask, _ = read_synthetic(store, synthetic_id)
-        digests[synthetic_id] = hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()
-    return digests
 
 
 def test_first_run_trains_samples_and_reports(micro_run):
@@ -45,19 +36,19 @@ def test_runs_are_nested_under_the_pipeline_run(micro_run):
 
 def test_second_run_with_nothing_changed_trains_and_samples_nothing(micro_run):
     workdir, first = micro_run
-    before = _volume_digests(workdir / "synthetic.zarr")
+    before = volume_digests(workdir / "synthetic.zarr")
     again = pipeline_flow(None, MICRO_CONFIG, str(workdir), None, 2, 6)
     assert all(text.startswith("reused") for text in again["training"].values())
     assert all(text.startswith("0 new") for text in again["sampling"].values())
     assert again["evaluation"].startswith("reused")
-    assert _volume_digests(workdir / "synthetic.zarr") == before
+    assert volume_digests(workdir / "synthetic.zarr") == before
 
 
 def test_same_inputs_config_and_seed_give_bit_identical_volumes(micro_run, tmp_path):
     workdir, _ = micro_run
     other = pipeline_flow(None, MICRO_CONFIG, str(tmp_path / "work"), None, 2, 6)
     assert all(text.startswith("trained") for text in other["training"].values())
-    assert _volume_digests(tmp_path / "work" / "synthetic.zarr") == _volume_digests(workdir / "synthetic.zarr")
+    assert volume_digests(tmp_path / "work" / "synthetic.zarr") == volume_digests(workdir / "synthetic.zarr")
 
 
 def test_changing_one_sampling_parameter_reruns_sampling_but_not_training(micro_run, tmp_path):

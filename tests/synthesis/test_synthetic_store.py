@@ -24,6 +24,7 @@ from gem3d.synthetic_store import (
     synthetic_attributes,
     synthetic_exists,
     synthetic_row,
+    volume_digests,
     write_synthetic,
 )
 from tests.synthesis import CONFIG, build_models, build_store
@@ -104,3 +105,20 @@ def test_quarantine_appends_entries_atomically(tmp_path):
         ("syn-b", "contract failed"),
     ]
     assert [child.name for child in path.parent.iterdir()] == ["quarantine.json"]
+
+
+def test_volume_digests_change_with_one_voxel_of_image_or_mask(tmp_path, volumes):
+    first, second = tmp_path / "first.zarr", tmp_path / "second.zarr"
+    write_synthetic(first, volumes)
+    image, mask = volumes[0].image.copy(), volumes[0].mask.copy()
+    image[0, 0, 0] += 0.5
+    mask[-1, -1, -1] = 0 if mask[-1, -1, -1] else 1
+    changed = [
+        SyntheticVolume(volumes[0].plan, image, volumes[0].mask, volumes[0].lineage),
+        SyntheticVolume(volumes[1].plan, volumes[1].image, mask, volumes[1].lineage),
+    ]
+    write_synthetic(second, changed)
+    original, edited = volume_digests(first), volume_digests(second)
+    assert set(original) == set(edited) == {volume.plan.synthetic_id for volume in volumes}
+    assert all(original[key] != edited[key] for key in original)
+    assert volume_digests(first) == original
