@@ -256,7 +256,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["preprocess", "sampling", "memory", "all"], default="all")
     parser.add_argument("--cases", type=int, default=200, help="tiny phantoms for the memory part")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (1 first)")
-    parser.add_argument("--preprocess-cases", type=int, default=16, help="phantoms to preprocess")
+    parser.add_argument("--preprocess-cases", type=int, default=32, help="phantoms to preprocess")
     parser.add_argument(
         "--preprocess-shape",
         type=lambda text: tuple(int(size) for size in text.split("x")),

@@ -28,7 +28,7 @@ from gem3d.store import (
     write_table_atomic,
 )
 from tasks.preprocessing import discover_dataset_task, process_case_task
-from tasks.runners import make_task_runner
+from tasks.runners import make_task_runner, share_torch_threads
 from tasks.tracking import tracked_run
 
 
@@ -91,10 +91,11 @@ def preprocess_flow(
     )
     clear_staging(store_path)
 
-    futures = process_case_task.map(
-        info.cases, unmapped(info), unmapped(config.data), unmapped(store_path), unmapped(data_hash)
-    )
-    outcomes = [future.result() for future in futures]
+    with share_torch_threads():
+        futures = process_case_task.map(
+            info.cases, unmapped(info), unmapped(config.data), unmapped(store_path), unmapped(data_hash)
+        )
+        outcomes = [future.result() for future in futures]
 
     inventory = pd.DataFrame([outcome.inventory for outcome in outcomes])
     raw_result = raw_contract(inventory, set(declared) if info.labels else set(range(256)))

@@ -26,6 +26,7 @@ from gem3d.synthetic_store import (
     synthetic_row,
     write_synthetic,
 )
+from tasks.runners import share_torch_threads
 from tasks.tracking import tracked_run
 
 
@@ -120,17 +121,18 @@ def fan_out_synthesis(plans: Sequence[SynthesisPlan], context: SynthesisContext,
     todo = [plan for plan in plans if not synthetic_exists(out, plan.synthetic_id)]
     size = context.config.sampling.volumes_per_batch
     batches = [todo[first : first + size] for first in range(0, len(todo), size)]
-    futures = synthesize_batch_task.map(
-        batches,
-        [len(batch) for batch in batches],
-        unmapped(context.store),
-        unmapped(context.models_dir),
-        unmapped(context.role),
-        unmapped(context.weights_sha256),
-        unmapped(context.config),
-        unmapped(out),
-    )
-    outcomes = [future.result() for future in futures]
+    with share_torch_threads():
+        futures = synthesize_batch_task.map(
+            batches,
+            [len(batch) for batch in batches],
+            unmapped(context.store),
+            unmapped(context.models_dir),
+            unmapped(context.role),
+            unmapped(context.weights_sha256),
+            unmapped(context.config),
+            unmapped(out),
+        )
+        outcomes = [future.result() for future in futures]
     return {
         "planned": len(plans),
         "skipped": len(plans) - len(todo),
