@@ -270,8 +270,9 @@ def main() -> None:
         "--torch-threads",
         type=int,
         default=1,
-        help="torch intra-op threads in this process, shared by the threaded workers (default 1, like each "
-        "process worker, where Dask sets OMP_NUM_THREADS=1; 0 keeps torch's default)",
+        help="torch thread budget of this process, which the flows split between its threaded workers (default 1:"
+        " one core per worker, as in each process worker, where Dask sets OMP_NUM_THREADS=1, so 1 -> N workers"
+        " measures the fan-out alone; 0 keeps torch's default, all cores, where one worker already fills the CPU)",
     )
     args = parser.parse_args()
     if args.torch_threads > 0:
