@@ -24,7 +24,7 @@ from gem3d.evaluation import (
     summarise_setting,
     window_boundaries,
 )
-from gem3d.lineage import derive_id, format_chain, sha256_file
+from gem3d.lineage import derive_id, format_chain, provenance, sha256_file
 from gem3d.report import Figure, LineageEntry, ReportInputs, SettingSummary, render_report
 from gem3d.segmentation import compare_real_vs_augmented
 from gem3d.store import manifest_digest, read_case, read_manifest, store_attributes, write_json_atomic
@@ -214,10 +214,12 @@ def evaluate_flow(
         else []
     )
 
+    origin = provenance(config)
     inputs = ReportInputs(
         title="gem3d evaluation",
         config_hash=config_hash(config),
         run_info={
+            **{name.replace("_", " "): str(value) for name, value in origin.items() if name != "config_hash"},
             "real store": str(store_path),
             "synthetic store": str(synthetic_path),
             "test cases": ", ".join(test_ids),
@@ -242,7 +244,7 @@ def evaluate_flow(
         mlflow.log_artifact(str(report), artifact_path="report")
         mlflow.log_artifacts(str(out_path / "figures"), artifact_path="report/figures")
     logger.info("report written to %s", report)
-    outcome = {"report": str(report), "metrics": metrics, "evaluation_key": key}
+    outcome = {"report": str(report), "metrics": metrics, "evaluation_key": key, "provenance": origin}
     write_json_atomic(out_path / EVALUATION_RECORD, outcome)
     return outcome | {"skipped": False}
 

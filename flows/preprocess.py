@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, unmapped
 from data_contracts import preprocessed_contract, raw_contract
 from gem3d.config import config_hash, load_config, section_hash
 from gem3d.ingest import assign_splits, build_manifest, declared_label_values
+from gem3d.lineage import provenance
 from gem3d.store import (
     MANIFEST,
     QUARANTINE,
@@ -80,6 +81,7 @@ def preprocess_flow(
         store_path,
         {
             "config_hash": config_hash(config),
+            "provenance": provenance(config),
             "data_config_hash": data_hash,
             "modality": info.modality,
             "labels": {str(k): v for k, v in sorted(info.labels.items())},

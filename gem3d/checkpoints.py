@@ -19,7 +19,7 @@ from torch import nn
 
 from gem3d.config import Config, config_hash
 from gem3d.errors import MissingFileError, StoreError
-from gem3d.lineage import sha256_file
+from gem3d.lineage import provenance, sha256_file
 from gem3d.models.factory import build_codec, build_denoiser, build_slice_generator
 
 MODEL_FILE = "model.safetensors"
@@ -67,6 +67,7 @@ def save_model(module: nn.Module, spec: ModelSpec, config: Config, directory: st
         "spec": asdict(spec),
         "config": config.model_dump(mode="json"),
         "config_hash": config_hash(config),
+        "provenance": provenance(config),
         "sha256": digest,
         **extra,
     }

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 import gem3d
+from gem3d.config import Config, config_hash
 from gem3d.errors import MissingFileError
 
 
@@ -90,6 +91,18 @@ def code_version() -> dict[str, Any]:
     """{"package_version", "git_commit" ("unknown" outside a git checkout), "dirty" (None when unknown)}."""
     package_version, git_commit, dirty = _code_version()
     return {"package_version": package_version, "git_commit": git_commit, "dirty": dirty}
+
+
+def provenance(config: Config) -> dict[str, Any]:
+    """What every artefact names besides its inputs: the config hash, the seed and the code version."""
+    version = code_version()
+    return {
+        "config_hash": config_hash(config),
+        "seed": config.seed,
+        "package_version": version["package_version"],
+        "git_commit": version["git_commit"],
+        "git_dirty": version["dirty"],
+    }
 
 
 class _Ref(BaseModel):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import mlflow
 
-from gem3d.config import Config, config_hash
+from gem3d.config import Config
+from gem3d.lineage import provenance
 
 EXPERIMENT = "gem3d"
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
@@ -52,7 +53,15 @@ def tracked_run(name: str, workdir: str | Path, config: Config, tags: dict | Non
     """An MLflow run (nested when one is active) with the full config as params; yields its run id."""
     use_tracking(workdir)
     nested = mlflow.active_run() is not None
-    run_tags = {"gem3d.config_hash": config_hash(config), "gem3d.step": name, **(tags or {})}
+    origin = provenance(config)
+    run_tags = {
+        "gem3d.config_hash": origin["config_hash"],
+        "gem3d.seed": str(origin["seed"]),
+        "gem3d.package_version": origin["package_version"],
+        "mlflow.source.git.commit": origin["git_commit"],
+        "gem3d.step": name,
+        **(tags or {}),
+    }
     with mlflow.start_run(run_name=name, nested=nested, tags=run_tags) as run:
         mlflow.log_params(flatten(config.model_dump(mode="json")))
         yield run.info.run_id

@@ -1,13 +1,18 @@
 """The whole pipeline: one parent flow, nested MLflow runs, skip on unchanged inputs, bit-for-bit reruns."""
 
+import json
 import re
 from pathlib import Path
 
 import mlflow
 import yaml
 
+import gem3d
 from flows.pipeline import pipeline_flow
-from gem3d.synthetic_store import volume_digests
+from gem3d.checkpoints import read_bundle_meta
+from gem3d.lineage import read_lineage_table
+from gem3d.store import store_attributes
+from gem3d.synthetic_store import LINEAGE, volume_digests
 from tests.flows.conftest import MICRO_CONFIG
 
 
@@ -21,6 +26,31 @@ def test_first_run_trains_samples_and_reports(micro_run):
     for heading in ("Fidelity", "Volumetric consistency", "Segmentation usefulness", "Lineage"):
         assert heading in report
     assert "http://" not in report and "https://" not in report
+
+
+def test_every_artefact_names_config_hash_code_version_and_seed(micro_run):
+    workdir, summary = micro_run
+    expected = {"config_hash": summary["config_hash"], "seed": 0, "package_version": gem3d.__version__}
+    named = [
+        store_attributes(workdir / "store.zarr")["provenance"],
+        json.loads((workdir / "report" / "evaluation.json").read_text())["provenance"],
+        *(read_bundle_meta(bundle)["provenance"] for bundle in sorted((workdir / "models").iterdir())),
+    ]
+    assert len(named) == 6
+    for origin in named:
+        assert expected.items() <= origin.items()
+        assert origin["git_commit"]
+    for record in read_lineage_table(workdir / "synthetic.zarr" / LINEAGE):
+        assert (record.config_hash, record.seed is not None, record.git_commit) == (
+            summary["config_hash"],
+            True,
+            named[0]["git_commit"],
+        )
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["gem3d"])
+    assert (runs["tags.gem3d.seed"] == "0").all()
+    assert (runs["tags.mlflow.source.git.commit"] == named[0]["git_commit"]).all()
+    assert (runs["tags.gem3d.package_version"] == gem3d.__version__).all()
 
 
 def test_runs_are_nested_under_the_pipeline_run(micro_run):
