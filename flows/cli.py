@@ -351,6 +351,50 @@ def audit(
 
 @app.command()
 @friendly_errors
+def reproduce(
+    synthetic: Annotated[Path, typer.Argument(help="synthetic store")],
+    ids: Annotated[list[str] | None, typer.Argument(help="synthetic volume ids (default: a sample)")] = None,
+    sample: Annotated[int, typer.Option("--sample", min=1, help="volumes to check when no ids are given")] = 3,
+    device: Annotated[str | None, typer.Option("--device", help="torch device (default: the config's)")] = None,
+) -> None:
+    """Regenerate volumes from their recorded plan, config and checkpoints and compare them voxel by voxel;
+    exit 1 when any is not reproduced (bit-identical, or within the stated tolerance) or cannot be regenerated."""
+    from gem3d.errors import StoreError
+    from gem3d.reproduce import REPRODUCED_DB, regenerate
+    from gem3d.synthetic_store import list_synthetic
+
+    available = list_synthetic(synthetic)
+    if not ids:
+        step = max(1, len(available) // sample)
+        ids = available[::step][:sample]
+    table = Table(title=f"Regenerated from {synthetic}")
+    for column in ("synthetic id", "identical", "max |diff|", "PSNR dB", "verdict"):
+        table.add_column(column, overflow="fold")
+    failed = 0
+    for synthetic_id in ids:
+        try:
+            outcome = regenerate(synthetic, synthetic_id, device)
+        except (StoreError, ValueError, InputError) as error:
+            failed += 1
+            table.add_row(synthetic_id, "-", "-", "-", f"cannot regenerate: {error}")
+            continue
+        failed += not outcome.reproduced
+        verdict = "reproduced" if outcome.reproduced else "NOT reproduced"
+        table.add_row(
+            synthetic_id,
+            "yes" if outcome.identical else "no",
+            f"{outcome.max_abs_difference:.2e}",
+            f"{outcome.psnr_db:.1f}",
+            verdict,
+        )
+    console.print(table)
+    console.print(f"tolerance: bit-identical, or PSNR >= {REPRODUCED_DB:.0f} dB with an identical mask")
+    if failed or not ids:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
 def train(
     store: Annotated[Path, typer.Option("--store", help="Zarr store written by `gem3d preprocess`")],
     stage: Annotated[str, typer.Option("--stage", help="1, 2, slicegen, baseline, autoencoder or all")] = "all",

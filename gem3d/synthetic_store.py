@@ -84,10 +84,16 @@ def _check_staged(staged: Path, volume: SyntheticVolume) -> None:
         raise StoreError(staged, f"staged volume {volume.plan.synthetic_id} does not read back identically")
 
 
-def write_synthetic(store: str | Path, volumes: Sequence[SyntheticVolume], flow_run_id: str | None = None) -> list[str]:
+def write_synthetic(
+    store: str | Path,
+    volumes: Sequence[SyntheticVolume],
+    flow_run_id: str | None = None,
+    generation: dict | None = None,
+) -> list[str]:
     """Publish each volume not yet in the store (staged, checked, renamed); see `rebuild_lineage_table`.
 
-    Returns the ids written; already published ids are skipped. `flow_run_id` fills the records' field.
+    Returns the ids written; already published ids are skipped. `flow_run_id` fills the records' field;
+    `generation` (`gem3d.reproduce.generation_record`) is stored with each volume so it can be regenerated.
     """
     store = init_store(store, {"kind": "synthetic"})
     written = []
@@ -103,6 +109,7 @@ def write_synthetic(store: str | Path, volumes: Sequence[SyntheticVolume], flow_
             "setting": volume.plan.setting,
             "plan": volume.plan.model_dump(mode="json"),
             "lineage": record.model_dump(mode="json"),
+            **({"generation": generation} if generation is not None else {}),
         }
         staged = stage_case(store, synthetic_id, volume.image.astype(np.float32), volume.mask, attributes)
         try:

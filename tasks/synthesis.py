@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from data_contracts import synthetic_contract
 from gem3d.checkpoints import read_bundle_meta
 from gem3d.config import Config, config_hash, load_config
+from gem3d.reproduce import generation_record
 from gem3d.store import clear_staging
 from gem3d.synthesis import LoadedModels, SynthesisPlan, load_models, synthesize
 from gem3d.synthetic_store import (
@@ -105,7 +106,10 @@ def synthesize_batch_task(
         if failure.get("case_id") in failed:
             quarantine(out, failure["case_id"], failure["reason"])
     written = write_synthetic(
-        out, [v for v in volumes if v.plan.synthetic_id not in failed], flow_run_id=str(runtime.flow_run.id)
+        out,
+        [v for v in volumes if v.plan.synthetic_id not in failed],
+        flow_run_id=str(runtime.flow_run.id),
+        generation=generation_record(config, store, models_dir, role),
     )
     quarantined = invalid + [{"synthetic_id": i, "reason": "synthetic contract failed"} for i in sorted(failed)]
     logger.info("published %d volumes, quarantined %d", len(written), len(quarantined))

@@ -64,6 +64,23 @@ def test_audit_catches_one_flipped_byte(micro_run, tmp_path, target):
         shutil.copy2(backup, path)
 
 
+def test_reproduce_regenerates_pipeline_volumes_from_their_records(micro_run):
+    workdir, _ = micro_run
+    synthetic = workdir / "synthetic.zarr"
+    chosen = list_synthetic(synthetic)[:2]
+    outcome = runner.invoke(app, ["reproduce", str(synthetic), *chosen, "--device", "cpu"])
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.output.count("reproduced") == 2 and "NOT" not in outcome.output
+    assert all(synthetic_id[:12] in outcome.output for synthetic_id in chosen)
+
+
+def test_reproduce_fails_on_an_unknown_volume(micro_run):
+    workdir, _ = micro_run
+    outcome = runner.invoke(app, ["reproduce", str(workdir / "synthetic.zarr"), "syn-missing"])
+    assert outcome.exit_code == 1
+    assert "cannot regenerate" in outcome.output
+
+
 def test_counterfactual_removes_a_lesion_label_and_records_the_edit(micro_run, tmp_path):
     workdir, _ = micro_run
     out = tmp_path / "counterfactual.zarr"
