@@ -9,6 +9,7 @@ plus synthetic data; render one self-contained HTML report and log it all to MLf
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -106,14 +107,11 @@ def evaluate_flow(
     no_overlap = config.model_copy(
         update={"sampling": config.sampling.model_copy(update={"overlapped_inpainting": False})}
     )
-    workdir_text = str(workdir_path)
-    gem3d_plans = _regenerate(
-        "evaluate-test", test_ids, synthesis_context(store, config, workdir_text), evaluation_store
-    )
-    ablation_plans = _regenerate(
-        "evaluate-test-no-oi", test_ids, synthesis_context(store, no_overlap, workdir_text), evaluation_store
-    )
-    baseline = synthesis_context(store, config, workdir_text, "baseline")
+    gem3d_context = synthesis_context(store, config, str(workdir_path))
+    gem3d_plans = _regenerate("evaluate-test", test_ids, gem3d_context, evaluation_store)
+    ablation_context = replace(gem3d_context, config=no_overlap)
+    ablation_plans = _regenerate("evaluate-test-no-oi", test_ids, ablation_context, evaluation_store)
+    baseline = synthesis_context(store, config, str(workdir_path), "baseline")
     baseline_plans = _regenerate("evaluate-test-baseline", test_ids, baseline, evaluation_store)
     ablation = [
         (
@@ -217,7 +215,7 @@ def evaluate_flow(
     origin = provenance(config)
     inputs = ReportInputs(
         title="gem3d evaluation",
-        config_hash=config_hash(config),
+        config_hash=origin["config_hash"],
         run_info={
             **{name.replace("_", " "): str(value) for name, value in origin.items() if name != "config_hash"},
             "real store": str(store_path),

@@ -586,31 +586,20 @@ def synthesize(
     for plan in plans:
         _check_models(plan, models)
     with deterministic_kernels(config.runtime.deterministic):
-        return _synthesize_batches(plans, store, models, config, on_invalid, batch_chains)
-
-
-def _synthesize_batches(
-    plans: Sequence[SynthesisPlan],
-    store: str | Path,
-    models: LoadedModels,
-    config: Config,
-    on_invalid: Callable[[SynthesisPlan, InvalidEditError], None] | None,
-    batch_chains: bool,
-) -> list[SyntheticVolume]:
-    settings = SamplerSettings.from_config(config.sampling)
-    denoiser = _window_denoiser(models.denoiser)
-    step = config.sampling.volumes_per_batch
-    volumes = []
-    for first in range(0, len(plans), step):
-        batch = _prepare_all(plans[first : first + step], store, models, on_invalid)
-        _generate_informed(batch, models, config)
-        requests = [_request(item, models, config) for item in batch]
-        samples = sample_volumes(
-            denoiser, config.diffusion, settings, requests, config.data.window_length, batch_chains=batch_chains
-        )
-        for item, sample in zip(batch, samples, strict=True):
-            # (Z, C, h, w) -> (Z, 1, H, W) -> (Z, H, W)
-            decoded = models.codec.decode(sample, chunk=config.sampling.decode_chunk).clamp(-1, 1)
-            image = decoded[:, 0].float().cpu().numpy()
-            volumes.append(SyntheticVolume(item.plan, image, item.mask, _lineage(item, models, settings, config)))
-    return volumes
+        settings = SamplerSettings.from_config(config.sampling)
+        denoiser = _window_denoiser(models.denoiser)
+        step = config.sampling.volumes_per_batch
+        volumes = []
+        for first in range(0, len(plans), step):
+            batch = _prepare_all(plans[first : first + step], store, models, on_invalid)
+            _generate_informed(batch, models, config)
+            requests = [_request(item, models, config) for item in batch]
+            samples = sample_volumes(
+                denoiser, config.diffusion, settings, requests, config.data.window_length, batch_chains=batch_chains
+            )
+            for item, sample in zip(batch, samples, strict=True):
+                # (Z, C, h, w) -> (Z, 1, H, W) -> (Z, H, W)
+                decoded = models.codec.decode(sample, chunk=config.sampling.decode_chunk).clamp(-1, 1)
+                image = decoded[:, 0].float().cpu().numpy()
+                volumes.append(SyntheticVolume(item.plan, image, item.mask, _lineage(item, models, settings, config)))
+        return volumes

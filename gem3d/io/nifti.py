@@ -92,9 +92,10 @@ def _integer_label(label_raw: np.ndarray, path: Path) -> np.ndarray:
     return label_float.astype(np.int64)
 
 
-def _label_values(label: np.ndarray) -> set[int]:
-    """The distinct values of an integer label volume (a histogram when they fit in a byte: no sort, no copy)."""
-    if label.size and label.min() >= 0 and label.max() <= 255:
+def _label_values(label: np.ndarray, low: int, high: int) -> set[int]:
+    """The distinct values of an integer label volume whose range is `low..high` (a histogram when they fit
+    in a byte: no sort, no copy)."""
+    if low >= 0 and high <= 255:
         counts = np.bincount(label.astype(np.uint8, copy=False).ravel(order="K"), minlength=256)
         return set(np.flatnonzero(counts).tolist())
     return set(np.unique(label).tolist())
@@ -119,11 +120,12 @@ def load_case(ref: CaseRef, declared_labels: set[int] | None) -> LoadedCase:
         count = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
         raise NonFiniteError(ref.image_path, f"{count} NaN or infinite voxels")
     label = _integer_label(label_raw, ref.label_path)
-    values = _label_values(label)
+    low, high = int(label.min()), int(label.max())
+    values = _label_values(label, low, high)
     if declared_labels and not values <= declared_labels:
         raise LabelError(ref.label_path, f"label values {sorted(values - declared_labels)} are not declared")
-    if label.min() < 0 or label.max() > 255:
-        raise LabelError(ref.label_path, f"label values must lie in 0..255, got {label.min()}..{label.max()}")
+    if low < 0 or high > 255:
+        raise LabelError(ref.label_path, f"label values must lie in 0..255, got {low}..{high}")
     if float(image.max()) == float(image.min()):
         raise EmptyImageError(ref.image_path, f"image is constant ({float(image.min())})")
     spacing = np.asarray(image_nifti.header.get_zooms()[:3], dtype=float)
