@@ -177,6 +177,16 @@ class LineageRecord(BaseModel):
     created_at: str = Field(default_factory=_now)
     flow_run_id: str | None = None
 
+    def source_case_ids(self) -> set[str]:
+        """Every real case the volume derives from: mask source, informed-slice source and lesion-paste sources."""
+        cases = {self.source_case_id} if self.source_case_id else set()
+        if self.informed_slice is not None and self.informed_slice.case_id:
+            cases.add(self.informed_slice.case_id)
+        cases.update(
+            edit["params"]["source_case_id"] for edit in self.mask_edits if edit.get("params", {}).get("source_case_id")
+        )
+        return cases
+
 
 REQUIRED_FIELDS: tuple[str, ...] = (
     "synthetic_id",

@@ -138,7 +138,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class Stage(nn.Sequential):
+class BlockSequence(nn.Sequential):
     """A sequence of UNet layers; each gets the inputs it needs (embedding, window length)."""
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor, num_slices: int) -> torch.Tensor:
@@ -198,13 +198,13 @@ class SliceUNet(nn.Module):
         self.down_stages = nn.ModuleList()
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                self.down_stages.append(Stage(*block(channels, mult * model_channels, level)))
+                self.down_stages.append(BlockSequence(*block(channels, mult * model_channels, level)))
                 channels = mult * model_channels
                 skip_channels.append(channels)
             if level < self.num_levels - 1:
-                self.down_stages.append(Stage(Downsample(channels)))
+                self.down_stages.append(BlockSequence(Downsample(channels)))
                 skip_channels.append(channels)
-        self.middle = Stage(
+        self.middle = BlockSequence(
             ResBlock(channels, channels, embedding_dim, dropout),
             SpatialAttention(channels, head_channels),
             ResBlock(channels, channels, embedding_dim, dropout),
@@ -216,7 +216,7 @@ class SliceUNet(nn.Module):
                 channels = mult * model_channels
                 if level > 0 and index == num_res_blocks:
                     layers.append(Upsample(channels))
-                self.up_stages.append(Stage(*layers))
+                self.up_stages.append(BlockSequence(*layers))
         self.output = nn.Sequential(
             nn.GroupNorm(num_groups(channels), channels),
             nn.SiLU(),
@@ -238,10 +238,10 @@ class SliceUNet(nn.Module):
             if isinstance(module, TemporalConv | TemporalAttention):
                 yield from module.parameters()
 
-    def _run(self, stage: Stage, x: torch.Tensor, embedding: torch.Tensor, num_slices: int) -> torch.Tensor:
+    def _run(self, blocks: BlockSequence, x: torch.Tensor, embedding: torch.Tensor, num_slices: int) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(stage, x, embedding, num_slices, use_reentrant=False)
-        return stage(x, embedding, num_slices)
+            return checkpoint(blocks, x, embedding, num_slices, use_reentrant=False)
+        return blocks(x, embedding, num_slices)
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, extra_embedding: torch.Tensor | None = None

@@ -6,7 +6,7 @@ data indices), `state` (training-state checkpoints), `evaluation` (validation an
 
 from gem3d.training.engine import StepBatchSampler
 from gem3d.training.loop import TrainResult, train_stage
-from gem3d.training.phases import STAGES, Phase, Stage
+from gem3d.training.phases import STAGES, Phase, TrainingStage
 from gem3d.training.state import CheckpointDir
 
-__all__ = ["STAGES", "CheckpointDir", "Phase", "Stage", "StepBatchSampler", "TrainResult", "train_stage"]
+__all__ = ["STAGES", "CheckpointDir", "Phase", "TrainingStage", "StepBatchSampler", "TrainResult", "train_stage"]

@@ -5,7 +5,6 @@ AdamW with linear warm-up, gradient clipping, EMA of weights, bf16 autocast on G
 
 from __future__ import annotations
 
-import hashlib
 import os
 import resource
 from collections.abc import Callable, Iterator
@@ -74,12 +73,6 @@ def start_runtime(config: Config) -> Runtime:
     precision = config.train.mixed_precision
     bf16 = use_cuda and (precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
     return Runtime(device, rank, world_size, bf16, owns)
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from its parts, the same in every process."""
-    digest = hashlib.sha256(":".join(str(part) for part in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 class StepBatchSampler:

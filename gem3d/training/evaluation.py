@@ -14,11 +14,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import default_collate
 
-from gem3d.data import case_ids_for_split
 from gem3d.diffusion.schedule import make_sampling_scheduler
 from gem3d.models.conditioning import mask_to_condition
 from gem3d.sampling.propagation import denoise_windows
-from gem3d.training.engine import Runtime, derive_seed
+from gem3d.seeds import derive_seed
+from gem3d.splits import store_cases_of_split
+from gem3d.training.engine import Runtime
 from gem3d.training.phases import LOSSES, AutoencoderObjective, LossContext, make_dataset
 
 SAMPLE_GRID = "samples.png"
@@ -34,7 +35,7 @@ def evaluate(
 ) -> tuple[dict[str, float], Path]:
     """Validation metrics of the EMA network (val split, or the training cases when it is empty) and a PNG grid."""
     phase, config = context.phase, context.config
-    val_cases = case_ids_for_split(store, "val")
+    val_cases = store_cases_of_split(store, "val")
     seed = derive_seed(config.seed, "validation")
     dataset = make_dataset(phase, store, val_cases or train_cases, config, seed, None)
     count = VALIDATION_WINDOWS if phase.network == "denoiser" else VALIDATION_SLICES

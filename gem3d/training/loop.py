@@ -21,15 +21,16 @@ from torch.utils.data import DataLoader
 
 from gem3d.checkpoints import ModelSpec, build_model, load_model, read_bundle_meta, save_model
 from gem3d.config import Config, StageTrainConfig, config_hash
-from gem3d.data import case_ids_for_split
 from gem3d.determinism import deterministic_kernels
 from gem3d.errors import StoreError
 from gem3d.models.autoencoder import LatentCodec, PixelCodec
 from gem3d.models.factory import build_codec
+from gem3d.seeds import derive_seed
+from gem3d.splits import store_cases_of_split
 from gem3d.store import store_attributes
-from gem3d.training.engine import PhaseRun, Runtime, StepBatchSampler, derive_seed, peak_memory_mb, start_runtime
+from gem3d.training.engine import PhaseRun, Runtime, StepBatchSampler, peak_memory_mb, start_runtime
 from gem3d.training.evaluation import evaluate
-from gem3d.training.phases import STAGES, LossContext, Phase, Stage, make_dataset, slices_per_sample
+from gem3d.training.phases import STAGES, LossContext, Phase, TrainingStage, make_dataset, slices_per_sample
 from gem3d.training.state import CHECKPOINTS, CheckpointDir, restore_rng_state, rng_state, weights_digest
 
 
@@ -57,7 +58,7 @@ class TrainResult:
 
 
 def train_stage(
-    stage: Stage,
+    stage: TrainingStage,
     config: Config,
     store: str | Path,
     out_dir: str | Path,
@@ -68,7 +69,7 @@ def train_stage(
 ) -> TrainResult:
     """Train one stage on the store's training split and write its EMA bundle to `out_dir/<stage>/`.
 
-    Stage 2 starts from the stage-1 bundle `init_from`; latent stages read the autoencoder bundle from
+    TrainingStage 2 starts from the stage-1 bundle `init_from`; latent stages read the autoencoder bundle from
     `out_dir/autoencoder` (kind "train"). `resume` continues from the latest checkpoint in
     `out_dir/<stage>/checkpoints` (a fresh run when there is none; without `resume` old ones are removed).
     `on_metrics(step, metrics)` and `on_checkpoint(path)` are called on rank 0 only.
@@ -101,7 +102,7 @@ def _train(
 ) -> TrainResult:
     stage_dir = out_dir / stage
     num_classes = len(store_attributes(store)["labels"]) - 1
-    train_cases = case_ids_for_split(store, "train")
+    train_cases = store_cases_of_split(store, "train")
     if not train_cases:
         raise StoreError(store, "the manifest has no training cases")
     codec = _first_stage(stage, config, out_dir, runtime.device)

@@ -23,7 +23,7 @@ from gem3d.diffusion.schedule import (
 from gem3d.models.autoencoder import LatentCodec, PixelCodec, autoencoder_loss
 from gem3d.models.conditioning import mask_to_condition
 
-Stage = Literal["autoencoder", "stage1", "stage2", "slicegen", "baseline"]
+TrainingStage = Literal["autoencoder", "stage1", "stage2", "slicegen", "baseline"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Phase:
     parameters trained (unless `train_all_parameters`).
     """
 
-    settings: Stage
+    settings: TrainingStage
     network: Literal["autoencoder", "denoiser", "slicegen"]
     use_informed_slice: bool = True
     volumetric: bool = False
