@@ -1,14 +1,16 @@
 """Batched bi-directional propagation sampling with overlapped inpainting (GEM-3D, "Sampling a volume").
 
-The windows come from `windows.plan_chains`. All chains of all requested volumes advance in lockstep: round k
-denoises the k-th window of every chain as one batch, so a batch of volumes costs `steps` network calls per
-round instead of per window. Noise is drawn per window from generators seeded by (request seed, direction,
-window index), so batching changes the cost, not the volumes.
+The windows come from `windows.plan_chains`: every window reaches the denoiser in ascending slice order, the
+way stage 2 was trained, and inpaints its known frames (leading ones going up, trailing ones going down). All
+chains of all requested volumes advance in lockstep: round k denoises, as one batch per window shape, every
+window whose dependency level (`windows.dependency_levels`) is k, so a batch of volumes costs `steps` network
+calls per round instead of per window; the downward chain runs one round behind the upward one, whose first
+window writes the slice it inpaints. Noise is drawn per window from generators seeded by (request seed,
+direction, window index), so batching changes the cost, not the volumes.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -19,7 +21,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from gem3d.config import DiffusionConfig, SamplingConfig
 from gem3d.diffusion.schedule import make_sampling_scheduler
-from gem3d.sampling.windows import Direction, Window, plan_chains
+from gem3d.sampling.windows import Direction, Window, dependency_levels, plan_chains
+from gem3d.seeds import derive_seed
 
 
 class Denoiser(Protocol):
@@ -73,11 +76,24 @@ class VolumeRequest:
 
 
 @dataclass(frozen=True)
+class KnownFrames:
+    """Frames of a window already generated, and where they sit in the window (indices along its slice axis)."""
+
+    frames: torch.Tensor  # (n, C, H, W)
+    positions: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.frames) != len(self.positions):
+            raise ValueError(f"{len(self.frames)} known frames for {len(self.positions)} positions")
+
+
+@dataclass(frozen=True)
 class _Task:
     request_index: int
     direction: Direction
     window_index: int
     window: Window
+    level: int
 
 
 @torch.inference_mode()
@@ -86,14 +102,14 @@ def denoise_windows(
     scheduler: SchedulerMixin,
     mask_windows: torch.Tensor,
     informed_slices: torch.Tensor,
-    known_frames: Sequence[torch.Tensor | None],
+    known_frames: Sequence[KnownFrames | None],
     noise_seeds: Sequence[int],
     eta: float = 0.0,
 ) -> torch.Tensor:
-    """Run one full reverse process for a batch of same-length windows, inpainting each one's known leading frames.
+    """Run one full reverse process for a batch of same-length windows, inpainting each one's known frames.
 
-    `scheduler` must have its timesteps set. `known_frames[b]` (`(n, C, H, W)` or None) replaces the first n
-    frames of window b at every step, noised to the step's true timestep, and exactly after the last step.
+    `scheduler` must have its timesteps set. `known_frames[b]` (or None) replaces the frames of window b at its
+    `positions` at every step, noised to the step's true timestep, and exactly after the last step.
     Sampling noise and inpainting noise come from two generators seeded by `noise_seeds[b]`, so neither the
     batch nor switching inpainting off changes the other draws.
     """
@@ -150,20 +166,20 @@ def sample_volumes(
         )  # (B, L, Cm, H, W)
         informed_slices = torch.stack([_informed_slice(task, requests, volumes) for task in batch])  # (B, C, H, W)
         known_frames = [
-            volumes[task.request_index][list(task.window.slices[: task.window.inpaint_count])]
-            if settings.overlapped_inpainting and task.window.inpaint_count
+            KnownFrames(volumes[task.request_index][list(task.window.known_slices)], task.window.known_positions)
+            if settings.overlapped_inpainting and task.window.known_positions
             else None
             for task in batch
         ]
         noise_seeds = [
-            _derive_seed(requests[task.request_index].seed, task.direction, task.window_index) for task in batch
+            derive_seed(requests[task.request_index].seed, task.direction, task.window_index) for task in batch
         ]
         generated = denoise_windows(
             denoiser, scheduler, mask_windows, informed_slices, known_frames, noise_seeds, settings.eta
         )  # (B, L, C, H, W)
         for task, frames in zip(batch, generated, strict=True):
             window = task.window
-            volumes[task.request_index][list(window.written)] = frames[window.write_from :]
+            volumes[task.request_index][list(window.written)] = frames[list(window.written_positions)]
         if progress is not None:
             progress(done, len(batches))
     return volumes
@@ -185,28 +201,24 @@ def count_network_calls(
 def _plan_batches(
     requests: Sequence[VolumeRequest], settings: SamplerSettings, window_length: int, batch_chains: bool
 ) -> list[list[_Task]]:
-    """Batches of independent windows in a valid order: lockstep rounds grouped by shape, or one by one."""
-    chains = [
-        [
-            [_Task(index, chain.direction, window_index, window) for window_index, window in enumerate(chain.windows)]
-            for chain in plan_chains(
-                request.num_slices, request.start_slice, window_length, settings.overlap, settings.directions
-            )
-        ]
-        for index, request in enumerate(requests)
-    ]
+    """Batches of windows in a valid order: per dependency level, grouped by shape; or one by one in plan order."""
+    tasks = [task for index, request in enumerate(requests) for task in _tasks(index, request, settings, window_length)]
     if not batch_chains:
-        return [[task] for request_chains in chains for chain in request_chains for task in chain]
-    all_chains = [chain for request_chains in chains for chain in request_chains]
-    batches = []
-    for round_index in range(max((len(chain) for chain in all_chains), default=0)):
-        groups: dict[tuple, list[_Task]] = {}
-        for chain in all_chains:
-            if round_index < len(chain):
-                task = chain[round_index]
-                groups.setdefault(_batch_key(task, requests), []).append(task)
-        batches.extend(groups.values())
-    return batches
+        return [[task] for task in tasks]
+    groups: dict[tuple, list[_Task]] = {}
+    for task in sorted(tasks, key=lambda task: task.level):
+        groups.setdefault((task.level, *_batch_key(task, requests)), []).append(task)
+    return list(groups.values())
+
+
+def _tasks(index: int, request: VolumeRequest, settings: SamplerSettings, window_length: int) -> list[_Task]:
+    """The planned windows of one request, in plan order (every window after those it depends on)."""
+    chains = plan_chains(request.num_slices, request.start_slice, window_length, settings.overlap, settings.directions)
+    return [
+        _Task(index, chain.direction, window_index, window, level)
+        for chain, levels in zip(chains, dependency_levels(chains), strict=True)
+        for window_index, (window, level) in enumerate(zip(chain.windows, levels, strict=True))
+    ]
 
 
 def _batch_key(task: _Task, requests: Sequence[VolumeRequest]) -> tuple:
@@ -221,7 +233,7 @@ def _batch_key(task: _Task, requests: Sequence[VolumeRequest]) -> tuple:
 
 
 def _informed_slice(task: _Task, requests: Sequence[VolumeRequest], volumes: list[torch.Tensor]) -> torch.Tensor:
-    """The request's informed slice for a chain's first window; the generated condition slice afterwards."""
+    """The request's informed slice for a window without a condition slice; the generated condition slice otherwise."""
     if task.window.condition_slice is None:
         return requests[task.request_index].informed_slice
     return volumes[task.request_index][task.window.condition_slice]
@@ -229,21 +241,22 @@ def _informed_slice(task: _Task, requests: Sequence[VolumeRequest], volumes: lis
 
 def _replace_known(
     sample: torch.Tensor,
-    known_frames: Sequence[torch.Tensor | None],
+    known_frames: Sequence[KnownFrames | None],
     generators: Sequence[torch.Generator],
     scheduler: SchedulerMixin,
     timestep: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Set each window's known leading frames: noised to `timestep` (the true one), or exactly when None."""
-    sample = sample.clone()
+    """Set each window's known frames at their positions: noised to `timestep` (the true one), or exactly when None."""
+    sample = sample.clone()  # (B, L, C, H, W)
     for index, known in enumerate(known_frames):
-        if known is None or len(known) == 0:
+        if known is None or not known.positions:
             continue
+        frames, positions = known.frames, list(known.positions)  # (n, C, H, W)
         if timestep is None:
-            sample[index, : len(known)] = known
+            sample[index, positions] = frames
         else:
-            noise = torch.randn(known.shape, generator=generators[index], device=known.device, dtype=known.dtype)
-            sample[index, : len(known)] = scheduler.add_noise(known, noise, timestep.reshape(1))
+            noise = torch.randn(frames.shape, generator=generators[index], device=frames.device, dtype=frames.dtype)
+            sample[index, positions] = scheduler.add_noise(frames, noise, timestep.reshape(1))
     return sample
 
 
@@ -257,13 +270,7 @@ def _draw(
 
 
 def _generator(device: torch.device, seed: int, stream: str) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(_derive_seed(seed, stream))
-
-
-def _derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from its parts (unlike `hash`, the same in every process)."""
-    digest = hashlib.sha256(":".join(str(part) for part in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, stream))
 
 
 def _check_request(request: VolumeRequest) -> None:
