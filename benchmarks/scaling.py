@@ -40,11 +40,12 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
 
-from flows.enhance import enhance_flow, split_case_ids  # noqa: E402
+from flows.enhance import enhance_flow  # noqa: E402
 from flows.preprocess import preprocess_flow  # noqa: E402
 from gem3d.checkpoints import read_bundle_meta  # noqa: E402
 from gem3d.config import Config  # noqa: E402
 from gem3d.io.phantoms import write_phantom_dataset  # noqa: E402
+from gem3d.splits import store_cases_of_split  # noqa: E402
 from gem3d.store import CASES, staging_dir  # noqa: E402
 from tasks.runners import make_task_runner  # noqa: E402
 
@@ -164,7 +165,7 @@ def sampling_part(root: Path, trained: Path, volumes: int, per_batch: int, worke
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     store = workdir / "store.zarr"
-    train_cases = split_case_ids(store, "train")
+    train_cases = store_cases_of_split(store, "train")
     per_case = -(-volumes // len(train_cases))
     cases = train_cases[: -(-volumes // per_case)]
     total = len(cases) * per_case

@@ -7,8 +7,8 @@ import pandas as pd
 from great_expectations import expectations as gxe
 
 from data_contracts.runner import ContractResult, required_columns, validate_table
+from gem3d.splits import SPLITS
 
-SPLITS = ("train", "val", "test")
 SHA256_REGEX = r"^[0-9a-f]{64}$"
 CONFIG_HASH_REGEX = r"^[0-9a-f]{16,64}$"
 COLUMNS = (

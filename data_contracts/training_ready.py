@@ -7,8 +7,8 @@ import pandas as pd
 from great_expectations import expectations as gxe
 
 from data_contracts.runner import ContractResult, required_columns, validate_table
+from gem3d.splits import TRAINING_SPLITS
 
-REQUIRED_SPLITS = ("train", "val")
 COLUMNS = ("case_id", "split", "shape_z", "shape_h", "shape_w", "image_min", "image_max", "config_hash")
 
 
@@ -22,7 +22,7 @@ def training_ready_contract(manifest: pd.DataFrame, window_length: int, in_plane
         gxe.ExpectColumnValuesToBeBetween(column="shape_w", min_value=in_plane_size, max_value=in_plane_size),
         gxe.ExpectColumnValuesToBeBetween(column="image_min", min_value=-1),
         gxe.ExpectColumnValuesToBeBetween(column="image_max", max_value=1),
-        gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(REQUIRED_SPLITS)),
+        gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(TRAINING_SPLITS)),
         gxe.ExpectColumnUniqueValueCountToBeBetween(
             column="config_hash",
             min_value=1,

@@ -177,14 +177,25 @@ def export(
     dataset_id: Annotated[int, typer.Option("--dataset-id", help="nnU-Net dataset number")] = 501,
     name: Annotated[str, typer.Option("--name", help="nnU-Net dataset name")] = "GEM3D",
     normalised: Annotated[bool, typer.Option("--normalised", help="keep [-1, 1] intensities")] = False,
+    held_out_synthetic: Annotated[
+        Path | None,
+        typer.Option(
+            "--held-out-synthetic",
+            help="nnunet: also write the synthetic volumes derived from test cases (never training data) here",
+        ),
+    ] = None,
 ) -> None:
-    """Write cases to NIfTI with their true (source) affine, or a complete nnU-Net v2 raw dataset."""
+    """Write cases to NIfTI with their true (source) affine, or a complete nnU-Net v2 raw dataset whose
+    training data holds no synthetic volume derived from a test case."""
     from gem3d.export import export_case_nifti, export_nnunet_dataset, export_synthetic_nifti
     from gem3d.store import list_cases
 
+    if held_out_synthetic is not None and format != "nnunet":
+        raise typer.BadParameter("--held-out-synthetic applies to --format nnunet only")
     if format == "nnunet":
-        root = export_nnunet_dataset(store, synthetic, out, dataset_id, name)
-        console.print(f"nnU-Net v2 raw dataset written to [bold]{root}[/bold]")
+        result = export_nnunet_dataset(store, synthetic, out, dataset_id, name, held_out_synthetic)
+        console.print(f"nnU-Net v2 raw dataset written to [bold]{result.folder}[/bold]")
+        console.print(result.summary(), soft_wrap=True)
     elif format == "nifti" and synthetic is not None:
         written = export_synthetic_nifti(synthetic, store, out, original_units=not normalised)
         console.print(f"exported {len(written)} synthetic volumes to [bold]{out}[/bold]")

@@ -7,20 +7,12 @@ atomically, rebuild the lineage table, and record it in MLflow.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 
 from gem3d.checkpoints import read_bundle_meta
-from gem3d.store import read_manifest
+from gem3d.splits import store_cases_of_split
 from gem3d.synthesis import plan_enhancement
 from tasks.synthesis import run_synthesis, synthesis_context
-
-
-def split_case_ids(store: Path, split: str) -> list[str]:
-    """Case ids of one split of the store's manifest."""
-    manifest = read_manifest(store)
-    return sorted(manifest.loc[manifest["split"] == split, "case_id"])
 
 
 @flow(name="enhance")
@@ -38,7 +30,7 @@ def enhance_flow(
     generator = read_bundle_meta(context.models_dir / "slicegen")["sha256"] if setting.startswith("ig") else None
     plans = plan_enhancement(
         context.store,
-        cases or split_case_ids(context.store, "train"),
+        cases or store_cases_of_split(context.store, "train"),
         setting,
         per_case,
         context.config,

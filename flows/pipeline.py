@@ -15,12 +15,13 @@ import mlflow
 from prefect import flow
 
 from flows.deenhance import deenhance_flow
-from flows.enhance import enhance_flow, split_case_ids
+from flows.enhance import enhance_flow
 from flows.evaluate import evaluate_flow
 from flows.preprocess import preprocess_flow
 from flows.train import train_flow
 from gem3d.config import config_hash, load_config
 from gem3d.io.phantoms import write_phantom_dataset
+from gem3d.splits import store_cases_of_split
 from tasks.runners import make_task_runner
 from tasks.tracking import tracked_run, tracking_uri
 
@@ -80,7 +81,7 @@ def pipeline_flow(
         }
 
         progress.info("4/5 de-enhancement")
-        reference = split_case_ids(Path(store), "train")[0]
+        reference = store_cases_of_split(Path(store), "train")[0]
         deenhanced = deenhance_flow.with_options(task_runner=fan_out)(
             store, str(root / "deenhanced.zarr"), [reference], None, config_path, str(root)
         )

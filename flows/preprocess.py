@@ -2,7 +2,8 @@
 
 The story: discover the cases, preprocess each one in parallel into a staging area, validate the raw
 inventory and the staged cases with their data contracts, publish what passed, quarantine the rest
-with file and reason, write the manifest, and track it all in MLflow.
+with file and reason, write the manifest (a case keeps the split an earlier run gave it, so a growing
+dataset never reshuffles), and track it all in MLflow.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from prefect import flow, get_run_logger, unmapped
 
 from data_contracts import preprocessed_contract, raw_contract
 from gem3d.config import config_hash, load_config, section_hash
-from gem3d.ingest import assign_splits, build_manifest, declared_label_values
+from gem3d.ingest import build_manifest, declared_label_values
 from gem3d.lineage import provenance
+from gem3d.splits import assign_splits, store_splits
 from gem3d.store import (
     MANIFEST,
     QUARANTINE,
@@ -92,6 +94,7 @@ def preprocess_flow(
         },
     )
     clear_staging(store_path)
+    earlier_splits = store_splits(store_path)
 
     with share_torch_threads():
         futures = process_case_task.map(
@@ -106,7 +109,8 @@ def preprocess_flow(
         [o.case_id for o in candidates],
         config.data.split_fractions,
         config.data.split_seed,
-        {ref.case_id: ref.split for ref in info.cases},
+        given={ref.case_id: ref.split for ref in info.cases},
+        previous=earlier_splits,
     )
     candidate_table = pd.DataFrame(
         [

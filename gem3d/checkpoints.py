@@ -19,7 +19,7 @@ from torch import nn
 
 from gem3d.config import Config, config_hash
 from gem3d.errors import MissingFileError, StoreError
-from gem3d.lineage import provenance, sha256_file
+from gem3d.lineage import derive_id, provenance, sha256_file
 from gem3d.models.factory import build_codec, build_denoiser, build_slice_generator
 
 MODEL_FILE = "model.safetensors"
@@ -84,6 +84,26 @@ def read_bundle_meta(directory: str | Path) -> dict:
     if not path.exists():
         raise MissingFileError(path, "no trained model here; run `gem3d train` first")
     return json.loads(path.read_text())
+
+
+def first_stage_sha256(config: Config, models_dir: str | Path) -> str | None:
+    """What a latent stage's latent space is beyond the config: the weights sha256 of the trained autoencoder
+    bundle `<models_dir>/autoencoder` (its estimated scale included), or a digest of the pretrained folder's
+    weights and `config.json` (its `scaling_factor`); None in pixel space."""
+    settings = config.autoencoder
+    if settings.kind == "train":
+        return read_bundle_meta(Path(models_dir) / "autoencoder")["sha256"]
+    if settings.kind == "none":
+        return None
+    if settings.pretrained_path is None:
+        raise MissingFileError(None, "autoencoder.kind is 'pretrained' but autoencoder.pretrained_path is not set")
+    folder = Path(settings.pretrained_path)
+    if not folder.is_dir():
+        raise MissingFileError(folder, "the pretrained autoencoder folder does not exist")
+    files = sorted(path for path in folder.iterdir() if path.suffix in (".safetensors", ".bin", ".json"))
+    if not any(path.suffix != ".json" for path in files):
+        raise MissingFileError(folder, "no .safetensors or .bin weights in the pretrained autoencoder folder")
+    return derive_id("first-stage", **{path.name: sha256_file(path) for path in files})
 
 
 def load_model(directory: str | Path) -> tuple[nn.Module, dict]:

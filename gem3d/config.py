@@ -59,7 +59,11 @@ class AutoencoderConfig(_Section):
     pretrained_path: Path | None = None
     latent_channels: int = 4
     block_channels: tuple[int, ...] = (32, 64)
-    scale_factor: float = 0.18215
+    scale_factor: float | None = Field(
+        None,
+        gt=0,
+        description="latent scale; None: estimated from the training latents (train) or the folder's own (pretrained)",
+    )
     kl_weight: float = 1e-6
     mask_conditioning: Literal["encoder", "onehot"] = "onehot"
 
@@ -124,11 +128,20 @@ class SamplingConfig(_Section):
 
 
 class EditConfig(_Section):
-    """Mask augmentation used by the `ma` settings (the paper's reference edits)."""
+    """Mask augmentation used by the `ma` settings: a small rotation always; flip and lesion shift per dataset.
 
-    max_rotation_degrees: float = 2.5
-    flip_probability: float = 0.5
-    shift_labels: tuple[int, ...] = (1, 2, 3)
+    What may move or mirror depends on the anatomy, so it comes from an edit profile (`gem3d.editing.EDIT_PROFILES`):
+    `profile` "auto" picks it from the store's recorded dataset name (brain tumours: labels 1, 2, 3 movable and a
+    left-right flip; abdomen: rotation only; any other dataset: rotation only). `shift_labels` and
+    `flip_probability`, when set, win over the profile.
+    """
+
+    profile: Literal["auto", "brain", "abdomen", "rotation_only"] = "auto"
+    max_rotation_degrees: float = Field(2.5, ge=0, le=180)
+    flip_probability: float | None = Field(None, ge=0, le=1, description="None: the profile's")
+    shift_labels: tuple[int, ...] | None = Field(
+        None, description="the movable lesion labels shifted towards the centre; None: the profile's, () none"
+    )
     shift_voxels: tuple[int, int] = (20, 60)
 
 
@@ -139,6 +152,20 @@ class EvaluationConfig(_Section):
     segmentation_steps: int = 300
     scarce_fraction: float = Field(0.25, gt=0, le=1)
     lineage_entries: int = 8
+
+
+class SyntheticContractConfig(_Section):
+    """Bounds of the synthetic data contract on what synthesis cannot hide by clipping to `[-1, 1]`."""
+
+    unclamped_limit: float = Field(
+        2.0, gt=1, description="values before the clip must lie in [-limit, limit]; beyond, the sampler diverged"
+    )
+    max_clamped_fraction: float = Field(
+        0.01, ge=0, le=1, description="largest fraction of a volume's voxels outside [-1, 1] before the clip"
+    )
+    label_mean_margin: float = Field(
+        0.25, ge=0, description="how far a label's mean intensity may lie outside the real training cases' range"
+    )
 
 
 class RuntimeConfig(_Section):
@@ -162,6 +189,7 @@ class Config(_Section):
     sampling: SamplingConfig = SamplingConfig()
     edits: EditConfig = EditConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    synthetic_contract: SyntheticContractConfig = SyntheticContractConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
 

@@ -16,13 +16,7 @@ import torch
 import zarr
 from torch.utils.data import Dataset
 
-from gem3d.store import open_case_arrays, read_manifest
-
-
-def case_ids_for_split(store: str | Path, split: str) -> list[str]:
-    """Case ids of one split ("train", "val", "test") of the store's manifest, sorted."""
-    manifest = read_manifest(store)
-    return sorted(manifest.loc[manifest["split"] == split, "case_id"].astype(str))
+from gem3d.store import open_case_arrays
 
 
 def item_generator(seed: int, epoch: int, index: int) -> np.random.Generator:

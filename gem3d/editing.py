@@ -2,11 +2,14 @@
 
 Label volumes are uint8 arrays `(Z, H, W)`; W is the left-right axis. Every edit is a small frozen model
 of its declared parameters; `apply_edits` samples the random parts and returns `AppliedEdit` records that
-carry the concrete values, so `replay_edits` reproduces the mask without randomness.
+carry the concrete values, so `replay_edits` reproduces the mask without randomness. What the `ma` augmentation
+may move or mirror depends on the dataset: see `EDIT_PROFILES` and `default_augmentation`.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -415,14 +418,62 @@ def format_edit(edit: Edit) -> str:
     return f"paste:{edit.source_case_id}:{_labels_text(edit.labels)}:{_labels_text(edit.offset)}"
 
 
-def default_augmentation(edit_config: EditConfig) -> list[Edit]:
-    """The paper's `ma` edits: a small rotation, a left-right flip, and a shift of the lesion labels
-    (omitted when `shift_labels` is empty). Shift distances are in store voxels."""
-    edits: list[Edit] = [
-        Rotate(max_degrees=edit_config.max_rotation_degrees),
-        FlipLeftRight(probability=edit_config.flip_probability),
-    ]
-    if edit_config.shift_labels:
+@dataclass(frozen=True)
+class EditProfile:
+    """What the `ma` augmentation may do on one kind of dataset, beyond the small rotation it always applies.
+
+    `shift_labels` are the movable lesion labels (shifted towards the body centre); `flip_probability` is the
+    chance of a left-right mirror, zero where the anatomy is not left-right symmetric (the liver is on one side).
+    """
+
+    shift_labels: tuple[int, ...] = ()
+    flip_probability: float = 0.0
+
+
+EDIT_PROFILES: dict[str, EditProfile] = {
+    "brain": EditProfile(shift_labels=(1, 2, 3), flip_probability=0.5),  # BraTS tumour labels; symmetric brain
+    "abdomen": EditProfile(),  # organs are not lesions and the liver has a side: rotation only, as the authors do
+    "rotation_only": EditProfile(),  # any dataset we know nothing about
+}
+DATASET_PROFILES: tuple[tuple[str, str], ...] = (
+    ("braintumo", "brain"),  # MSD Task01 "BrainTumour"
+    ("brats", "brain"),
+    ("phantombrain", "brain"),  # `gem3d.io.phantoms` "gem3d-phantom-brain"
+    ("abdomenct", "abdomen"),  # "AbdomenCT-1K"
+    ("phantomabdomen", "abdomen"),
+)
+"""(fragment of a normalised dataset name, profile): the first fragment the name contains picks the profile."""
+
+
+def profile_for_dataset(dataset_name: str | None) -> str:
+    """The edit profile of a dataset named in its dataset.json ("BrainTumour", "AbdomenCT-1K", ...).
+
+    The name is lower-cased and stripped of separators before matching; unknown or missing: "rotation_only".
+    """
+    normalised = re.sub(r"[^a-z0-9]", "", (dataset_name or "").lower())
+    return next((profile for fragment, profile in DATASET_PROFILES if fragment in normalised), "rotation_only")
+
+
+def resolve_edit_profile(edit_config: EditConfig, dataset_name: str | None) -> EditProfile:
+    """The profile the config selects (or, for "auto", the dataset's), with the config's explicit values winning."""
+    name = profile_for_dataset(dataset_name) if edit_config.profile == "auto" else edit_config.profile
+    profile = EDIT_PROFILES[name]
+    return EditProfile(
+        shift_labels=profile.shift_labels if edit_config.shift_labels is None else edit_config.shift_labels,
+        flip_probability=(
+            profile.flip_probability if edit_config.flip_probability is None else edit_config.flip_probability
+        ),
+    )
+
+
+def default_augmentation(edit_config: EditConfig, dataset_name: str | None = None) -> list[Edit]:
+    """The paper's `ma` edits for a dataset: a small rotation, then a left-right flip and a shift of the movable
+    lesion labels where its edit profile allows them (`resolve_edit_profile`). Shift distances are in store voxels."""
+    profile = resolve_edit_profile(edit_config, dataset_name)
+    edits: list[Edit] = [Rotate(max_degrees=edit_config.max_rotation_degrees)]
+    if profile.flip_probability > 0:
+        edits.append(FlipLeftRight(probability=profile.flip_probability))
+    if profile.shift_labels:
         low, high = edit_config.shift_voxels
-        edits.append(ShiftLabels(labels=edit_config.shift_labels, min_voxels=low, max_voxels=high))
+        edits.append(ShiftLabels(labels=profile.shift_labels, min_voxels=low, max_voxels=high))
     return edits

@@ -17,9 +17,9 @@ from gem3d.errors import InputError
 from gem3d.io.layouts import CaseRef, DatasetInfo
 from gem3d.io.nifti import inventory_row, load_case
 from gem3d.preprocess import preprocess_case
-from gem3d.store import CASES, case_attributes, stage_case
+from gem3d.store import CASES, case_attributes, list_cases, stage_case
 
-SPLITS = ("train", "val", "test")
+DATASET_NAME = "dataset_name"
 
 
 @dataclass
@@ -51,6 +51,15 @@ def case_statistics(image: np.ndarray, label: np.ndarray, num_classes: int) -> d
     }
     statistics.update({f"label_{index}_voxels": int(count) for index, count in enumerate(counts)})
     return statistics
+
+
+def recorded_dataset_name(store: Path | str) -> str | None:
+    """The name of the dataset a store was ingested from (what the `ma` edit profile is chosen by), if recorded.
+
+    Read from the first case's attributes; stores written before the name was recorded give None.
+    """
+    case_ids = list_cases(store)
+    return case_attributes(store, case_ids[0]).get(DATASET_NAME) if case_ids else None
 
 
 def declared_label_values(info: DatasetInfo) -> list[int]:
@@ -94,33 +103,11 @@ def process_case(ref: CaseRef, info: DatasetInfo, config: DataConfig, store: Pat
         "source_sha256": sources,
         "config_hash": data_hash,
         "dataset_split": ref.split,
+        DATASET_NAME: info.name,
         "statistics": statistics,
     }
     staged = stage_case(store, ref.case_id, prepared.image, prepared.label, attributes)
     return CaseOutcome(ref.case_id, "staged", inventory, statistics=statistics, staged=staged)
-
-
-def assign_splits(
-    case_ids: list[str], fractions: tuple[float, float, float], seed: int, given: dict[str, str | None]
-) -> dict[str, str]:
-    """Deterministic train/val/test split: the dataset's own split where given, else a seeded shuffle.
-
-    With three or more free cases, val and test each get at least one case.
-    """
-    free = sorted(case_id for case_id in case_ids if given.get(case_id) not in SPLITS)
-    order = np.random.default_rng(seed).permutation(len(free))
-    shuffled = [free[index] for index in order]
-    count = len(shuffled)
-    n_val = round(fractions[1] * count)
-    n_test = round(fractions[2] * count)
-    if count >= 3:
-        n_val, n_test = max(1, n_val), max(1, n_test)
-    n_train = max(count - n_val - n_test, 0)
-    splits = {case_id: "train" for case_id in shuffled[:n_train]}
-    splits.update({case_id: "val" for case_id in shuffled[n_train : n_train + n_val]})
-    splits.update({case_id: "test" for case_id in shuffled[n_train + n_val :]})
-    splits.update({case_id: str(given[case_id]) for case_id in case_ids if given.get(case_id) in SPLITS})
-    return splits
 
 
 def build_manifest(store: Path, case_ids: list[str], splits: dict[str, str]) -> pd.DataFrame:

@@ -8,6 +8,8 @@ sources are.
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -23,13 +25,24 @@ TRAINING_SPLITS = ("train", "val")
 _HASH_RANGE = 2**63
 
 
-def split_of_case(case_id: str, fractions: tuple[float, float, float], seed: int) -> str:
-    """The split of one case from a hash of its id: the same whatever other cases the dataset holds."""
-    position = derive_seed("split", seed, case_id) / _HASH_RANGE  # uniform in [0, 1)
-    train, val, _ = fractions
-    if position < train:
-        return "train"
-    return "val" if position < train + val else "test"
+def hash_position(case_id: str, seed: int) -> float:
+    """Where a case falls in `[0, 1)` by a hash of its id: its rank among new cases, whatever else the dataset holds."""
+    return derive_seed("split", seed, case_id) / _HASH_RANGE
+
+
+def split_targets(count: int, fractions: tuple[float, float, float]) -> dict[str, int]:
+    """Cases per split for `count` cases (largest remainder); with three or more, every split holds one."""
+    exact = [fraction * count for fraction in fractions]
+    sizes = [int(value) for value in exact]
+    by_remainder = sorted(range(3), key=lambda index: exact[index] - sizes[index], reverse=True)
+    for index in by_remainder[: count - sum(sizes)]:
+        sizes[index] += 1
+    if count >= 3:
+        for index in (1, 2):
+            if sizes[index] == 0:
+                sizes[index] = 1
+                sizes[max(range(3), key=lambda other: sizes[other])] -= 1
+    return dict(zip(SPLITS, sizes, strict=True))
 
 
 def assign_splits(
@@ -39,45 +52,33 @@ def assign_splits(
     given: Mapping[str, str | None] | None = None,
     previous: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Splits of `case_ids`: the dataset's own (`given`) first, then an earlier assignment (`previous`, e.g. the
-    store's manifest), then the hash of the case id.
+    """Splits of `case_ids`: the dataset's own (`given`) first, then an earlier assignment (`previous`: the
+    store's manifest, our `splits_final.json`), and new cases fill what each split lacks of its target.
 
-    A small dataset could hash every case into one split; while no split is given or kept, cases are
-    moved from the largest split so that, with three or more cases, val and test hold at least one each.
+    New cases are taken in the order of their hash position (train first, then val, then test), so the result
+    does not depend on the order cases are listed in, and earlier cases never move when the dataset grows.
     """
     given = given or {}
     previous = previous or {}
     splits: dict[str, str] = {}
-    free: list[str] = []
+    new: list[str] = []
     for case_id in sorted(case_ids):
         if given.get(case_id) in SPLITS:
             splits[case_id] = str(given[case_id])
         elif previous.get(case_id) in SPLITS:
             splits[case_id] = previous[case_id]
         else:
-            splits[case_id] = split_of_case(case_id, fractions, seed)
-            free.append(case_id)
-    _ensure_held_out(splits, free, seed)
+            new.append(case_id)
+    new.sort(key=lambda case_id: hash_position(case_id, seed))
+    targets = split_targets(len(splits) + len(new), fractions)
+    kept = Counter(splits.values())
+    lacking = {split: max(targets[split] - kept[split], 0) for split in SPLITS}
+    queue = iter(new)
+    for split in SPLITS:
+        for case_id in itertools.islice(queue, lacking[split]):
+            splits[case_id] = split
+    splits.update({case_id: "train" for case_id in queue})
     return splits
-
-
-def _ensure_held_out(splits: dict[str, str], free: list[str], seed: int) -> None:
-    """Give val and test one case each when they are empty, taken from train among the newly hashed cases.
-
-    Only newly hashed cases move, and the one that moves is the one ranked first by a hash of its id, so
-    the result does not depend on the order cases arrive in.
-    """
-    if len(splits) < 3:
-        return
-    for wanted in ("test", "val"):
-        if wanted in splits.values():
-            continue
-        donors = [case_id for case_id in free if splits[case_id] == "train"]
-        if len(donors) < 2:
-            continue
-        chosen = min(donors, key=lambda case_id: derive_seed("held-out", seed, wanted, case_id))
-        splits[chosen] = wanted
-        free.remove(chosen)
 
 
 def cases_of_split(manifest: pd.DataFrame, *splits: str) -> list[str]:

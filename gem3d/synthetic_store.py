@@ -26,6 +26,7 @@ import numpy as np
 import zarr
 
 from gem3d.errors import StoreError
+from gem3d.label_intensity import label_means
 from gem3d.lineage import LineageRecord, missing_fields, sha256_array, write_lineage_table
 from gem3d.store import (
     CASES,
@@ -58,10 +59,20 @@ def list_synthetic(store: str | Path) -> list[str]:
 
 
 def synthetic_row(volume: SyntheticVolume) -> dict:
-    """One row of the per-volume table the synthetic data contract validates (plus source and setting)."""
+    """One row of the per-volume table the synthetic data contract validates (plus source and setting).
+
+    Besides the clipped image's statistics: the values before the clip (`clamp_recorded`, `unclamped_min`,
+    `unclamped_max`, `clamped_fraction`; NaN and `clamp_recorded` False for a volume not made by `synthesize`,
+    e.g. read back from a store) and `label_<k>_mean`, the mean intensity inside each label of its mask.
+    """
     image = np.asarray(volume.image)
     finite = np.isfinite(image)
     values = image[finite]
+    recorded = volume.clamped_fraction is not None and volume.unclamped_range is not None
+    low, high = volume.unclamped_range if recorded else (float("nan"), float("nan"))
+    label_means_row = {}
+    if image.shape == volume.mask.shape:
+        label_means_row = {f"label_{value}_mean": mean for value, mean in label_means(image, volume.mask).items()}
     return {
         "synthetic_id": volume.plan.synthetic_id,
         "source_case_id": volume.plan.source_case_id,
@@ -72,6 +83,11 @@ def synthetic_row(volume: SyntheticVolume) -> dict:
         "image_max": float(values.max()) if values.size else float("nan"),
         "image_std": float(values.std()) if values.size else float("nan"),
         "lineage_missing": len(missing_fields(volume.lineage)),
+        "clamp_recorded": recorded,
+        "unclamped_min": float(low),
+        "unclamped_max": float(high),
+        "clamped_fraction": float(volume.clamped_fraction) if recorded else float("nan"),
+        **label_means_row,
     }
 
 

@@ -8,7 +8,7 @@ import mlflow
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from gem3d.checkpoints import MODEL_FILE, SPEC_FILE, read_bundle_meta
+from gem3d.checkpoints import MODEL_FILE, SPEC_FILE, first_stage_sha256, read_bundle_meta
 from gem3d.config import Config, section_hash
 from gem3d.lineage import derive_id
 from gem3d.store import manifest_digest, read_manifest, write_json_atomic
@@ -26,15 +26,18 @@ REGISTERED_NAMES = {
 }
 
 
-def training_key(config: Config, store: Path, stage: str, init_from: Path | None) -> str:
-    """What a stage's result depends on: its config sections, the store's manifest, and its starting weights."""
+def training_key(config: Config, store: Path, stage: str, init_from: Path | None, models_dir: Path) -> str:
+    """What a stage's result depends on: its config sections, the store's manifest, its starting weights, and
+    (for every stage but the autoencoder itself) the first stage's weights, which define the latent space."""
     parent = read_bundle_meta(init_from)["sha256"] if init_from else None
+    first_stage = None if stage == "autoencoder" else first_stage_sha256(config, models_dir)
     return derive_id(
         "train",
         stage=stage,
         config=section_hash(config, *TRAINING_SECTIONS),
         manifest=manifest_digest(store),
         init_from=parent,
+        first_stage=first_stage,
     )
 
 
@@ -85,7 +88,7 @@ def train_stage_task(
     """Train one stage (or reuse an identical earlier result) as a nested MLflow run; returns its summary."""
     logger = get_run_logger()
     bundle = models_dir / stage
-    key = training_key(config, store, stage, init_from)
+    key = training_key(config, store, stage, init_from, models_dir)
     previous = None if resume else _previous_result(bundle, key)
     if previous is not None:
         logger.info("%s: inputs unchanged (%s), reusing %s", stage, key, bundle)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gem3d.config import DataConfig
-from gem3d.ingest import assign_splits, process_case
+from gem3d.ingest import process_case
 from gem3d.io.layouts import discover_dataset
 from gem3d.store import init_store, publish_case, read_window
 from tests.builders import lps_affine, make_volume, save, write_msd_dataset
@@ -98,21 +98,3 @@ def test_bad_input_is_named_with_file_and_reason(dataset, store, mutation, kind,
     assert outcome.inventory["readable"] is False
     assert _outcome(dataset, store, case_index=1).status == "staged"
     assert {p: p.read_bytes() for p in (dataset / "labelsTr").iterdir()}.keys() == before.keys()
-
-
-def test_splits_are_deterministic_and_respect_the_datasets_own_split():
-    cases = [f"c{i}" for i in range(10)]
-    first = assign_splits(cases, (0.7, 0.15, 0.15), 0, {"c0": "test"})
-    assert first == assign_splits(list(reversed(cases)), (0.7, 0.15, 0.15), 0, {"c0": "test"})
-    assert first["c0"] == "test"
-    assert {split: list(first.values()).count(split) for split in ("train", "val", "test")} == {
-        "train": 7,
-        "val": 1,
-        "test": 2,
-    }
-    assert first != assign_splits(cases, (0.7, 0.15, 0.15), 1, {"c0": "test"})
-
-
-def test_small_datasets_still_get_validation_and_test_cases():
-    splits = assign_splits(["a", "b", "c"], (0.8, 0.1, 0.1), 0, {})
-    assert sorted(splits.values()) == ["test", "train", "val"]

@@ -38,6 +38,8 @@ class DatasetInfo:
     labels: dict[int, str]
     cases: list[CaseRef]
     problems: list[InputError] = field(default_factory=list)
+    name: str = ""
+    """The dataset's name: dataset.json "name" ("BrainTumour", "gem3d-phantom-brain"), else the folder's name."""
 
 
 def strip_nifti_suffix(name: str) -> str:
@@ -96,6 +98,12 @@ def _labels_from_nnunet(raw: dict) -> dict[int, str]:
     return labels
 
 
+def _dataset_name(root: Path, meta: dict) -> str:
+    """The dataset.json's "name" when it gives one, else the folder's name ("Task01_BrainTumour")."""
+    name = meta.get("name")
+    return name.strip() if isinstance(name, str) and name.strip() else root.name
+
+
 def _discover_msd(root: Path, meta: dict, channel: str | int | None) -> DatasetInfo:
     dataset_json = root / "dataset.json"
     modalities = meta.get("modality") or {"0": "MRI"}
@@ -118,7 +126,8 @@ def _discover_msd(root: Path, meta: dict, channel: str | int | None) -> DatasetI
             problems.append(MissingFileError(label, f"label file of case {case_id} does not exist"))
             continue
         cases.append(CaseRef(case_id, image, label, channel=index if multi_channel else None))
-    return DatasetInfo(root, "msd", _modality_of(name), _labels_from_msd(meta["labels"]), cases, problems)
+    labels = _labels_from_msd(meta["labels"])
+    return DatasetInfo(root, "msd", _modality_of(name), labels, cases, problems, _dataset_name(root, meta))
 
 
 def _discover_nnunet(root: Path, meta: dict, channel: str | int | None) -> DatasetInfo:
@@ -137,7 +146,8 @@ def _discover_nnunet(root: Path, meta: dict, channel: str | int | None) -> Datas
             problems.append(MissingFileError(label, f"label file of case {case_id} does not exist"))
             continue
         cases.append(CaseRef(case_id, image.resolve(), label.resolve()))
-    return DatasetInfo(root, "nnunet", _modality_of(name), _labels_from_nnunet(meta["labels"]), cases, problems)
+    labels = _labels_from_nnunet(meta["labels"])
+    return DatasetInfo(root, "nnunet", _modality_of(name), labels, cases, problems, _dataset_name(root, meta))
 
 
 def _discover_pairs(root: Path) -> DatasetInfo:
@@ -170,7 +180,7 @@ def _discover_pairs(root: Path) -> DatasetInfo:
     if not pairs and not problems:
         raise DatasetLayoutError(root, "no dataset.json and no NIfTI image/label pairs found")
     cases = [CaseRef(case_id, image.resolve(), label.resolve()) for case_id, image, label in pairs]
-    return DatasetInfo(root, "pairs", "MRI", {}, cases, problems)
+    return DatasetInfo(root, "pairs", "MRI", {}, cases, problems, root.name)
 
 
 def discover_dataset(root: str | Path, channel: str | int | None = None) -> DatasetInfo:

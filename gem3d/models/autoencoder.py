@@ -39,32 +39,51 @@ class LatentCodec(nn.Module):
     """A frozen-in-use AutoencoderKL: posterior-mean latents times `scale_factor`, decoded in chunks.
 
     Grayscale slices are repeated to the model's input channels; decoded channels are averaged back to one.
+    The scale is a buffer (`latent_scale`), so it is saved, hashed and loaded with the weights: a trained
+    autoencoder's estimated scale (`gem3d.training.latent_scale`) travels with its bundle.
     """
 
     def __init__(self, autoencoder: AutoencoderKL, scale_factor: float | None = None) -> None:
         super().__init__()
         self.autoencoder = autoencoder
-        self.scale_factor = autoencoder.config.scaling_factor if scale_factor is None else scale_factor
+        scale = autoencoder.config.scaling_factor if scale_factor is None else scale_factor
+        self.register_buffer("latent_scale", torch.tensor(float(scale), dtype=torch.float64))
         self.in_channels = autoencoder.config.in_channels
         self.latent_channels = autoencoder.config.latent_channels
         self.downsampling = 2 ** (len(autoencoder.config.block_out_channels) - 1)
 
+    @property
+    def scale_factor(self) -> float:
+        """The factor latents are multiplied by, so that the diffused samples have about unit variance."""
+        return float(self.latent_scale)
+
+    def set_scale_factor(self, value: float) -> None:
+        """Replace the latent scale (e.g. by the one estimated from the training latents)."""
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"latent scale factor must be a positive finite number, got {value}")
+        self.latent_scale.fill_(value)
+
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-        """(N, 1, H, W) in [-1, 1] -> (N, C_lat, H / f, W / f), `chunk` slices at a time."""
+    def posterior_mean(self, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """(N, 1, H, W) in [-1, 1] -> unscaled (N, C_lat, H / f, W / f) posterior means, `chunk` slices at a time."""
         latents = []
         for part in x.split(chunk):
             # (n, 1, H, W) -> (n, C_in, H, W)
             part = repeat(part, "n 1 h w -> n c h w", c=self.in_channels)
-            latents.append(self.autoencoder.encode(part).latent_dist.mean * self.scale_factor)
+            latents.append(self.autoencoder.encode(part).latent_dist.mean)
         return torch.cat(latents)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """(N, 1, H, W) in [-1, 1] -> (N, C_lat, H / f, W / f) scaled latents, `chunk` slices at a time."""
+        return self.posterior_mean(x, chunk) * self.latent_scale
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, chunk: int = 16) -> torch.Tensor:
         """(N, C_lat, h, w) -> (N, 1, h * f, w * f), `chunk` slices at a time."""
         slices = []
         for part in z.split(chunk):
-            decoded = self.autoencoder.decode(part / self.scale_factor).sample
+            decoded = self.autoencoder.decode(part / self.latent_scale).sample
             slices.append(reduce(decoded, "n c h w -> n 1 h w", "mean"))
         return torch.cat(slices)
 
@@ -74,9 +93,12 @@ def build_autoencoder(
     block_channels: Sequence[int],
     in_channels: int = 1,
     layers_per_block: int = 1,
-    scale_factor: float = 0.18215,
+    scale_factor: float = 1.0,
 ) -> AutoencoderKL:
-    """A fresh KL autoencoder for training on our slices; downsampling `2 ** (len(block_channels) - 1)`."""
+    """A fresh KL autoencoder for training on our slices; downsampling `2 ** (len(block_channels) - 1)`.
+
+    `scale_factor` is its latent scale until one is estimated from the training latents (1: unscaled).
+    """
     return AutoencoderKL(
         in_channels=in_channels,
         out_channels=in_channels,

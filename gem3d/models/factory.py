@@ -47,15 +47,18 @@ def build_slice_generator(config: Config) -> SliceGenerator:
 
 
 def build_codec(config: Config) -> PixelCodec | LatentCodec:
-    """The first stage: identity (none), a fresh autoencoder (train), or one loaded offline (pretrained)."""
+    """The first stage: identity (none), a fresh autoencoder (train), or one loaded offline (pretrained).
+
+    The latent scale is `autoencoder.scale_factor` when set; otherwise a pretrained folder's own `scaling_factor`,
+    and for a trained one the scale estimated after its training (stored in its bundle's weights).
+    """
     settings = config.autoencoder
     if settings.kind == "none":
         return PixelCodec()
     if settings.kind == "train":
-        autoencoder = build_autoencoder(
-            settings.latent_channels, settings.block_channels, scale_factor=settings.scale_factor
-        )
-        return LatentCodec(autoencoder)
+        # scale 1 (unscaled) until training estimates it, unless the config fixes it
+        scale = 1.0 if settings.scale_factor is None else settings.scale_factor
+        return LatentCodec(build_autoencoder(settings.latent_channels, settings.block_channels, scale_factor=scale))
     if settings.pretrained_path is None:
         raise MissingFileError(
             None, "autoencoder.kind is 'pretrained' but autoencoder.pretrained_path is not set in the config"

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gem3d.config import Config
 from gem3d.editing import Edit, default_augmentation, parse_edit
+from gem3d.ingest import recorded_dataset_name
 from gem3d.lineage import derive_id, sha256_array
 from gem3d.sampling.informed import fixed_slice_index, parse_reference, pick_chosen, relative_slice
 from gem3d.seeds import derive_seed, derived_rng
@@ -86,7 +87,8 @@ def plan_enhancement(
     generator_sha256: str | None = None,
     pool: Sequence[str] | None = None,
 ) -> list[SynthesisPlan]:
-    """`per_case` enhancement plans per case: random start slice; "ma" adds the configured mask augmentation;
+    """`per_case` enhancement plans per case: random start slice; "ma" adds the mask augmentation of the store's
+    dataset (`default_augmentation`: its edit profile, overridden by the config);
     "ic" draws the informed case from `pool` (default: the training split), "ig" uses the slice generator."""
     if setting not in ENHANCEMENT_SETTINGS:
         raise ValueError(f"unknown enhancement setting {setting!r}; expected one of {ENHANCEMENT_SETTINGS}")
@@ -95,7 +97,7 @@ def plan_enhancement(
     pool = (
         sorted(pool) if pool is not None else (store_cases_of_split(store, "train") if setting.startswith("ic") else [])
     )
-    edits = tuple(default_augmentation(config.edits)) if setting.endswith("ma") else ()
+    edits = tuple(default_augmentation(config.edits, recorded_dataset_name(store))) if setting.endswith("ma") else ()
     plans = []
     for case_id in case_ids:
         num_slices, mask_sha256 = _source_mask(store, case_id)

@@ -30,6 +30,7 @@ from gem3d.splits import store_cases_of_split
 from gem3d.store import store_attributes
 from gem3d.training.engine import PhaseRun, Runtime, StepBatchSampler, peak_memory_mb, start_runtime
 from gem3d.training.evaluation import evaluate
+from gem3d.training.latent_scale import estimate_latent_scale
 from gem3d.training.phases import STAGES, LossContext, Phase, TrainingStage, make_dataset, slices_per_sample
 from gem3d.training.state import CHECKPOINTS, CheckpointDir, restore_rng_state, rng_state, weights_digest
 
@@ -163,12 +164,20 @@ def _train(
         network = run.ema.module
         offset += settings.steps
     final_phase = STAGES[stage][-1]
+    if stage == "autoencoder" and config.autoencoder.scale_factor is None:
+        seed = derive_seed(config.seed, stage, "latent_scale")
+        network.set_scale_factor(estimate_latent_scale(network, store, train_cases, seed, runtime.device))
     validation, sample_grid = {}, None
     if runtime.is_main:
         validation, sample_grid = evaluate(context, network, store, train_cases, stage_dir, runtime)
         if on_metrics is not None:
             on_metrics(offset, validation)
-        extra = {"stage": stage, "steps": offset, "final_loss": losses[-1] if losses else None}
+        extra = {
+            "stage": stage,
+            "steps": offset,
+            "final_loss": losses[-1] if losses else None,
+            "latent_scale_factor": _latent_scale(network if stage == "autoencoder" else codec),
+        }
         save_model(network, _spec(stage, final_phase, num_classes, final_phase.volumetric), config, stage_dir, extra)
     runtime.barrier()
     return TrainResult(
@@ -186,6 +195,11 @@ def _train(
         sample_grid=sample_grid,
         weights_digest=weights_digest(network),
     )
+
+
+def _latent_scale(codec: nn.Module) -> float | None:
+    """The latent scale a bundle was trained with (None in pixel space), recorded in its `model.json`."""
+    return codec.scale_factor if isinstance(codec, LatentCodec) else None
 
 
 def _first_stage(stage: str, config: Config, out_dir: Path, device: torch.device) -> PixelCodec | LatentCodec:

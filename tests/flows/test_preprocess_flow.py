@@ -13,6 +13,7 @@ from flows.cli import app
 from flows.preprocess import preprocess_flow
 from flows.validate import validate_store
 from gem3d.export import export_case_nifti
+from gem3d.splits import store_splits
 from gem3d.store import MANIFEST, list_cases, read_manifest
 from tasks.runners import make_task_runner
 from tests.builders import lps_affine, make_volume, save, write_msd_dataset
@@ -76,6 +77,21 @@ def test_rerun_with_nothing_changed_skips_every_case(preprocessed):
     root, dataset, _ = preprocessed
     again = preprocess_flow(str(dataset), str(root / "store.zarr"), str(root / "config.yaml"), None, str(root))
     assert again["processed"] == 0 and again["skipped"] == 4 and again["published"] == 4
+
+
+def test_a_growing_dataset_keeps_every_earlier_cases_split(tmp_path):
+    dataset = write_msd_dataset(tmp_path / "msd", cases=4)
+    (tmp_path / "config.yaml").write_text("data: {window_length: 4, in_plane_size: 16}\n")
+    arguments = (str(tmp_path / "store.zarr"), str(tmp_path / "config.yaml"), None, str(tmp_path))
+    preprocess_flow(str(dataset), *arguments)
+    earlier = store_splits(tmp_path / "store.zarr")
+    write_msd_dataset(tmp_path / "msd", cases=7)  # the same four cases (same seed) and three new ones
+    grown = preprocess_flow(str(dataset), *arguments)
+    splits = store_splits(tmp_path / "store.zarr")
+    assert grown["processed"] == 3 and grown["skipped"] == 4
+    assert sorted(splits) == [f"case_{index:03d}" for index in range(7)]
+    assert {case_id: splits[case_id] for case_id in earlier} == earlier
+    assert set(earlier.values()) == set(splits.values()) == {"train", "val", "test"}
 
 
 def test_export_puts_a_known_world_point_on_the_same_label(preprocessed, tmp_path):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gem3d.config import EditConfig
+from gem3d.config import Config, DataConfig, EditConfig
 from gem3d.editing import (
+    EDIT_PROFILES,
     AppliedEdit,
     FlipLeftRight,
     PasteLesion,
@@ -19,12 +21,19 @@ from gem3d.editing import (
     default_augmentation,
     format_edit,
     parse_edit,
+    profile_for_dataset,
     replay_edits,
     rotation_matrix,
     validate_mask,
 )
 from gem3d.errors import InvalidEditError
+from gem3d.ingest import build_manifest, process_case, recorded_dataset_name
+from gem3d.io.layouts import discover_dataset
+from gem3d.io.phantoms import MIN_SHAPE, write_phantom_dataset
 from gem3d.lineage import sha256_array
+from gem3d.store import MANIFEST, init_store, list_cases, publish_case, write_table_atomic
+from gem3d.synthesis.plans import plan_enhancement
+from tests.builders import write_msd_dataset
 
 SHAPE = (16, 32, 32)
 
@@ -61,7 +70,7 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
 
 
 def test_same_seed_same_edits_and_different_seeds_differ(tumour, body):
-    edits = default_augmentation(EditConfig(shift_voxels=(2, 6)))
+    edits = default_augmentation(EditConfig(shift_voxels=(2, 6)), "BrainTumour")
     first, first_records = apply_edits(tumour, edits, seed=3, body_mask=body)
     again, again_records = apply_edits(tumour, edits, seed=3, body_mask=body)
     other, other_records = apply_edits(tumour, edits, seed=4, body_mask=body)
@@ -164,7 +173,10 @@ def test_paste_copies_lesion_voxels_and_records_source_hash(tumour):
 
 
 def test_replay_reproduces_apply_exactly_from_json_records(tumour, body):
-    edits = [*default_augmentation(EditConfig(shift_voxels=(2, 6))), PasteLesion(source_case_id="b", labels=(3,))]
+    edits = [
+        *default_augmentation(EditConfig(shift_voxels=(2, 6)), "BrainTumour"),
+        PasteLesion(source_case_id="b", labels=(3,)),
+    ]
     edits.append(RemoveLabel(labels=(1,)))
     sources = {"b": np.roll(tumour, 8, axis=1)}
     for seed in range(4):
@@ -233,11 +245,101 @@ def test_parse_edit_rejects_garbage(text):
         parse_edit(text)
 
 
-def test_default_augmentation_builds_the_papers_edits():
-    config = EditConfig(max_rotation_degrees=3, flip_probability=0.25, shift_labels=(1, 4), shift_voxels=(5, 9))
-    assert default_augmentation(config) == [
+def test_default_augmentation_builds_the_papers_brain_edits_and_the_config_wins():
+    config = EditConfig(max_rotation_degrees=3, shift_voxels=(5, 9))
+    assert default_augmentation(config, "BrainTumour") == [
         Rotate(max_degrees=3),
+        FlipLeftRight(probability=0.5),
+        ShiftLabels(labels=(1, 2, 3), min_voxels=5, max_voxels=9),
+    ]
+    overridden = EditConfig(flip_probability=0.25, shift_labels=(1, 4), shift_voxels=(5, 9))
+    assert default_augmentation(overridden, "AbdomenCT-1K") == [
+        Rotate(max_degrees=2.5),
         FlipLeftRight(probability=0.25),
         ShiftLabels(labels=(1, 4), min_voxels=5, max_voxels=9),
     ]
-    assert [edit.kind for edit in default_augmentation(EditConfig(shift_labels=()))] == ["rotate", "flip"]
+    assert default_augmentation(EditConfig(shift_labels=(), flip_probability=0), "BrainTumour") == [Rotate()]
+    assert default_augmentation(EditConfig(profile="brain"), "AbdomenCT-1K") == default_augmentation(
+        EditConfig(), "BrainTumour"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "profile"),
+    [
+        ("BrainTumour", "brain"),
+        ("Task01_BrainTumour", "brain"),
+        ("BraTS2021", "brain"),
+        ("gem3d-phantom-brain", "brain"),
+        ("AbdomenCT-1K", "abdomen"),
+        ("Dataset011_AbdomenCT1K", "abdomen"),
+        ("gem3d-phantom-abdomen", "abdomen"),
+        ("KiTS19", "rotation_only"),
+        ("", "rotation_only"),
+        (None, "rotation_only"),
+    ],
+)
+def test_dataset_names_pick_their_edit_profile(name, profile):
+    assert profile_for_dataset(name) == profile
+
+
+def test_every_profile_the_config_can_name_exists():
+    names = set(EditConfig.model_fields["profile"].annotation.__args__) - {"auto"}
+    assert names == set(EDIT_PROFILES)
+
+
+def _ingested_store(root: Path, dataset: Path) -> Path:
+    """Ingest `dataset` into a real Zarr store as preprocessing does, every case in the training split."""
+    info = discover_dataset(dataset)
+    store = init_store(root / "store.zarr", {"labels": {str(k): v for k, v in sorted(info.labels.items())}})
+    data = DataConfig(window_length=4, in_plane_size=16)
+    case_ids = []
+    for ref in info.cases:
+        outcome = process_case(ref, info, data, store, "data-hash")
+        publish_case(store, outcome.case_id, outcome.staged)
+        case_ids.append(outcome.case_id)
+    write_table_atomic(store / MANIFEST, build_manifest(store, case_ids, dict.fromkeys(case_ids, "train")))
+    return store
+
+
+@pytest.fixture(scope="module")
+def dataset_stores(tmp_path_factory) -> dict[str, Path]:
+    """Stores ingested from a brain phantom, an abdomen phantom and an MSD dataset named "test"."""
+    root = tmp_path_factory.mktemp("edit_profiles")
+    datasets = {
+        kind: write_phantom_dataset(root / f"{kind}_raw", kind, 2, shape=MIN_SHAPE) for kind in ("brain", "abdomen")
+    }
+    datasets["unknown"] = write_msd_dataset(root / "unknown_raw", cases=2)
+    return {name: _ingested_store(root / name, dataset) for name, dataset in datasets.items()}
+
+
+def _icma_edit_kinds(store: Path, edits: EditConfig | None = None) -> list[tuple[str, ...]]:
+    config = Config(data=DataConfig(window_length=4, in_plane_size=16), edits=edits or EditConfig())
+    plans = plan_enhancement(store, list_cases(store), "icma", 1, config, "weights", "config")
+    return [tuple(format_edit(edit).split(":")[0] for edit in plan.edits) for plan in plans]
+
+
+def test_icma_on_brain_phantoms_flips_and_shifts_the_tumour_labels(dataset_stores):
+    assert recorded_dataset_name(dataset_stores["brain"]) == "gem3d-phantom-brain"
+    config = Config(data=DataConfig(window_length=4, in_plane_size=16))
+    [plan, _] = plan_enhancement(dataset_stores["brain"], ["brain_000", "brain_001"], "icma", 1, config, "w", "c")
+    assert [format_edit(edit) for edit in plan.edits] == ["rotate:2.5", "flip:0.5", "shift:1,2,3:20:60"]
+
+
+def test_icma_on_abdomen_phantoms_neither_flips_nor_moves_organs(dataset_stores):
+    assert _icma_edit_kinds(dataset_stores["abdomen"]) == [("rotate",), ("rotate",)]
+
+
+def test_icma_on_an_unknown_dataset_only_rotates(dataset_stores):
+    assert recorded_dataset_name(dataset_stores["unknown"]) == "test"
+    assert _icma_edit_kinds(dataset_stores["unknown"]) == [("rotate",), ("rotate",)]
+
+
+def test_icma_config_values_win_over_the_dataset_profile(dataset_stores):
+    override = EditConfig(flip_probability=0.5, shift_labels=(4,))
+    assert _icma_edit_kinds(dataset_stores["abdomen"], override) == [("rotate", "flip", "shift")] * 2
+    assert _icma_edit_kinds(dataset_stores["brain"], EditConfig(flip_probability=0, shift_labels=())) == [
+        ("rotate",),
+        ("rotate",),
+    ]
+    assert _icma_edit_kinds(dataset_stores["unknown"], EditConfig(profile="brain")) == [("rotate", "flip", "shift")] * 2

@@ -32,7 +32,7 @@ def test_trained_autoencoder_with_encoder_masks_gives_the_papers_twelve_channels
     config = _config(kind="train", latent_channels=4, block_channels=[8, 16, 16, 16], mask_conditioning="encoder")
     codec = build_codec(config)
     assert isinstance(codec, LatentCodec)
-    assert (codec.latent_channels, codec.downsampling, codec.scale_factor) == (4, 8, 0.18215)
+    assert (codec.latent_channels, codec.downsampling) == (4, 8)
     denoiser = build_denoiser(config, num_classes=4)
     assert denoiser.unet.in_channels == 12 and denoiser.unet.out_channels == 4
     window = torch.randn(1, 2, 4, 8, 8)
@@ -46,6 +46,22 @@ def test_pretrained_autoencoder_is_loaded_from_the_configured_folder(tmp_path: P
     assert isinstance(codec, LatentCodec) and codec.latent_channels == 3
     with pytest.raises(ValueError, match="3 latent channels"):
         build_codec(_config(kind="pretrained", pretrained_path=str(tmp_path / "vae"), latent_channels=4))
+
+
+def test_a_fresh_trained_autoencoder_is_unscaled_until_its_scale_is_estimated_unless_the_config_fixes_it() -> None:
+    assert build_codec(_config(kind="train")).scale_factor == 1.0
+    assert build_codec(_config(kind="train", scale_factor=0.4)).scale_factor == pytest.approx(0.4)
+
+
+def test_pretrained_autoencoder_keeps_its_folders_scaling_factor_unless_the_config_sets_one(tmp_path: Path) -> None:
+    build_autoencoder(3, (8, 16), scale_factor=0.37).save_pretrained(tmp_path / "vae")
+    folder = str(tmp_path / "vae")
+    codec = build_codec(_config(kind="pretrained", pretrained_path=folder, latent_channels=3))
+    assert codec.scale_factor == pytest.approx(0.37)
+    slices = torch.rand(2, 1, 16, 16) * 2 - 1
+    assert torch.allclose(codec.encode(slices), codec.posterior_mean(slices) * 0.37, atol=1e-6)
+    fixed = build_codec(_config(kind="pretrained", pretrained_path=folder, latent_channels=3, scale_factor=0.2))
+    assert fixed.scale_factor == pytest.approx(0.2)
 
 
 def test_pretrained_autoencoder_without_a_usable_path_raises_clearly(tmp_path: Path) -> None:

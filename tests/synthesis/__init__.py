@@ -8,8 +8,9 @@ import torch
 
 from gem3d.checkpoints import ModelSpec, build_model, save_model
 from gem3d.config import Config, DataConfig, DenoiserConfig, EditConfig, SamplingConfig
-from gem3d.ingest import assign_splits, build_manifest, process_case
+from gem3d.ingest import build_manifest, process_case
 from gem3d.io.layouts import discover_dataset
+from gem3d.splits import assign_splits
 from gem3d.store import MANIFEST, init_store, publish_case, write_table_atomic
 from tests.builders import write_msd_dataset
 
@@ -20,7 +21,7 @@ CONFIG = Config(
         model_channels=16, channel_mult=(1,), attention_levels=(False,), head_channels=16, temporal_attention=True
     ),
     sampling=SamplingConfig(steps=3, volumes_per_batch=4, decode_chunk=4),
-    edits=EditConfig(shift_labels=(1,), shift_voxels=(1, 2)),
+    edits=EditConfig(shift_labels=(1,), flip_probability=0.5, shift_voxels=(1, 2)),
 )
 
 

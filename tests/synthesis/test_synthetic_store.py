@@ -10,7 +10,7 @@ import pytest
 
 import gem3d.synthetic_store as synthetic_store
 from data_contracts import synthetic_contract
-from gem3d.config import config_hash
+from gem3d.config import SyntheticContractConfig, config_hash
 from gem3d.errors import StoreError
 from gem3d.lineage import read_lineage_table
 from gem3d.store import read_manifest, staging_dir
@@ -91,8 +91,10 @@ def test_rows_pass_the_synthetic_contract_and_catch_broken_volumes(volumes):
     broken_row = synthetic_row(broken)
     assert broken_row["nonfinite_voxels"] == 3 and broken_row["shape_matches_mask"] is False
     assert broken_row["lineage_missing"] == 1
-    result = synthetic_contract(pd.DataFrame([*rows, broken_row]))
+    untrained = SyntheticContractConfig(unclamped_limit=1e3, max_clamped_fraction=1.0)  # untrained-model noise
+    result = synthetic_contract(pd.DataFrame([*rows, broken_row]), limits=untrained)
     assert result.failed_case_ids == ["syn-broken"]
+    assert set(synthetic_contract(pd.DataFrame(rows)).failed_case_ids) == {row["synthetic_id"] for row in rows}
 
 
 def test_quarantine_appends_entries_atomically(tmp_path):

@@ -9,17 +9,19 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gem3d.data import SliceDataset, WindowDataset, case_ids_for_split
+from gem3d.data import SliceDataset, WindowDataset
+from gem3d.splits import store_cases_of_split
 from gem3d.store import SLICES_PER_CHUNK, read_window
 from tests.training.conftest import write_store
 
 TRAIN = ["case_a", "case_b", "case_c"]
 
 
-def test_case_ids_for_split_reads_the_manifest(small_store: Path) -> None:
-    assert case_ids_for_split(small_store, "train") == TRAIN
-    assert case_ids_for_split(small_store, "val") == ["case_v"]
-    assert case_ids_for_split(small_store, "test") == ["case_t"]
+def test_store_cases_of_split_reads_the_manifest(small_store: Path) -> None:
+    assert store_cases_of_split(small_store, "train") == TRAIN
+    assert store_cases_of_split(small_store, "val") == ["case_v"]
+    assert store_cases_of_split(small_store, "test") == ["case_t"]
+    assert store_cases_of_split(small_store, "val", "test") == ["case_t", "case_v"]
 
 
 @pytest.mark.parametrize("window_length", [2, 3, 6, 9])

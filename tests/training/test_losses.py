@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch.utils.data import default_collate
 
 from gem3d.data import SliceDataset, WindowDataset
@@ -77,3 +80,44 @@ def test_slice_loss_conditions_on_the_relative_position(small_store: Path) -> No
     assert float(slice_loss(context, network, batch)) < 1e-8
     (position,) = network.calls[0]["conditions"]
     assert torch.allclose(position, torch.arange(6) / 6)
+
+
+def _low_noise_weights(num_train_timesteps: int) -> np.ndarray:
+    """The method's stage-2 timestep law: P(t) proportional to 2T - t over t in [0, T) (GEM3D.md, "Stage 2")."""
+    steps = np.arange(num_train_timesteps, dtype=np.float64)
+    weights = 2 * num_train_timesteps - steps
+    return weights / weights.sum()
+
+
+@pytest.mark.parametrize(("stage", "phase_index"), [("stage2", 0), ("baseline", 1)])
+def test_volumetric_tuning_draws_window_timesteps_with_weight_two_t_minus_t(
+    small_store: Path, stage: str, phase_index: int
+) -> None:
+    config = tiny_config()
+    steps = config.diffusion.num_train_timesteps
+    context = LossContext(config, STAGES[stage][phase_index], 2, PixelCodec(), torch.device("cpu"))
+    window = default_collate([WindowDataset(small_store, ["case_b"], 4, seed=0)[0]])
+    windows = 6000
+    batch = {name: value.expand(windows, *value.shape[1:]) for name, value in window.items() if torch.is_tensor(value)}
+    drawn = []
+
+    def network(noisy: torch.Tensor, timesteps: torch.Tensor, *conditions: torch.Tensor | None) -> torch.Tensor:
+        drawn.append(timesteps)
+        return torch.zeros_like(noisy)
+
+    torch.manual_seed(0)
+    window_loss(context, network, batch)
+    timesteps = drawn[0].numpy()
+    assert timesteps.shape == (windows,)
+    probabilities = _low_noise_weights(steps)
+    expected_mean = float((np.arange(steps) * probabilities).sum())  # 443.9 for T = 1000; uniform: 499.5
+    spread = float(np.sqrt(((np.arange(steps) - expected_mean) ** 2 * probabilities).sum()))
+    tolerance = 4 * spread / np.sqrt(windows)  # about 15: a uniform sampler misses by 55
+    assert abs(timesteps.mean() - expected_mean) < tolerance
+    assert abs((steps - 1) / 2 - expected_mean) > 3 * tolerance
+    bins = np.linspace(0, steps, 11).astype(int)
+    observed = np.histogram(timesteps, bins=bins)[0]
+    expected = np.array([probabilities[low:high].sum() for low, high in itertools.pairwise(bins)]) * windows
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+    uniform = np.full(10, windows / 10)
+    assert stats.chisquare(uniform, expected).pvalue < 1e-6  # the test tells a uniform law apart

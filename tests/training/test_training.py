@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from gem3d.checkpoints import load_model
+from gem3d.checkpoints import ModelSpec, build_model, load_model, save_model
+from gem3d.config import Config
 from gem3d.data import SliceDataset
 from gem3d.lineage import sha256_file
+from gem3d.models.autoencoder import build_autoencoder
 from gem3d.models.conditioning import GEM3DDenoiser, SliceGenerator
 from gem3d.training import StepBatchSampler, train_stage
+from gem3d.training.latent_scale import estimate_latent_scale
+from tasks.training import training_key
 from tests.training.conftest import tiny_config, write_store
 
 
@@ -102,10 +107,39 @@ def test_autoencoder_stage_reports_validation_psnr_and_latent_stage1_uses_it(tmp
     assert result.validation["val_psnr"] == pytest.approx(float(psnr), abs=1e-3)
     assert result.validation["val_items"] == 7
     latent = train_stage("stage1", config, small_store, tmp_path)
-    model, _ = load_model(latent.bundle_dir)
+    model, stage1_meta = load_model(latent.bundle_dir)
     assert model.sample_channels == 2  # diffuses the autoencoder's latents
+    assert stage1_meta["latent_scale_factor"] == meta["latent_scale_factor"] == codec.scale_factor
     with Image.open(latent.sample_grid) as grid:  # decoded back to 16x16 slices
         assert grid.size == (4 * 16, 4 * 16)
+
+
+def _training_slices(store: Path) -> torch.Tensor:
+    dataset = SliceDataset(store, ["case_a", "case_b", "case_c"], seed=0)
+    return torch.stack([dataset[index]["image"] for index in range(len(dataset))])  # (27, 1, 16, 16)
+
+
+def test_a_trained_autoencoder_records_the_scale_that_gives_its_latents_unit_variance(
+    tmp_path: Path, small_store: Path
+) -> None:
+    config = tiny_config({"autoencoder": {"steps": 6, "learning_rate": 3e-3}}, autoencoder={"kind": "train"})
+    result = train_stage("autoencoder", config, small_store, tmp_path)
+    codec, meta = load_model(result.bundle_dir)
+    slices = _training_slices(small_store)
+    # the 27 training slices are fewer than the sample bound: the estimate used all of them
+    assert float(codec.encode(slices).std()) == pytest.approx(1.0, abs=1e-3)
+    assert meta["latent_scale_factor"] == codec.scale_factor
+    assert codec.scale_factor == pytest.approx(1 / float(codec.posterior_mean(slices).std()), rel=1e-4)
+    assert abs(codec.scale_factor - 0.18215) > 0.01 and codec.scale_factor != 1.0
+    sampled = estimate_latent_scale(codec, small_store, ["case_a", "case_b", "case_c"], 0, torch.device("cpu"), 12)
+    assert sampled == pytest.approx(codec.scale_factor, rel=0.3)  # a bounded sample estimates the same scale
+    fixed = train_stage(
+        "autoencoder",
+        config.model_copy(update={"autoencoder": config.autoencoder.model_copy(update={"scale_factor": 0.5})}),
+        small_store,
+        tmp_path / "fixed",
+    )
+    assert load_model(fixed.bundle_dir)[0].scale_factor == 0.5
 
 
 def test_autoencoder_stage_refuses_when_there_is_no_autoencoder_to_train(tmp_path: Path, small_store: Path) -> None:
@@ -118,3 +152,41 @@ def test_each_rank_and_step_gets_its_own_dataset_indices() -> None:
     flat = [index for batches in ranks for batch in batches for index in batch]
     assert sorted(flat) == list(range(20))
     assert list(StepBatchSampler(3, 5, 2, 1, 2)) == ranks[1][3:]
+
+
+LATENT_STAGES = ("stage1", "stage2", "slicegen", "baseline")
+
+
+def _stage_keys(config: Config, store: Path, models_dir: Path) -> dict[str, str]:
+    return {stage: training_key(config, store, stage, None, models_dir) for stage in ("autoencoder", *LATENT_STAGES)}
+
+
+def test_latent_stage_keys_change_with_the_trained_autoencoders_weights(tmp_path: Path, small_store: Path) -> None:
+    config = tiny_config(autoencoder={"kind": "train"})
+    spec = ModelSpec("autoencoder", num_classes=2)
+    codec = build_model(spec, config)
+    save_model(codec, spec, config, tmp_path / "autoencoder", extra={})
+    before = _stage_keys(config, small_store, tmp_path)
+    save_model(codec, spec, config, tmp_path / "autoencoder", extra={"note": "saved again"})
+    assert _stage_keys(config, small_store, tmp_path) == before  # same weights, same keys
+    codec.set_scale_factor(0.25)  # a retrained autoencoder: another latent space
+    save_model(codec, spec, config, tmp_path / "autoencoder", extra={})
+    after = _stage_keys(config, small_store, tmp_path)
+    assert after["autoencoder"] == before["autoencoder"]
+    assert all(after[stage] != before[stage] for stage in LATENT_STAGES)
+
+
+def test_latent_stage_keys_change_with_the_pretrained_autoencoders_files(tmp_path: Path, small_store: Path) -> None:
+    folder = tmp_path / "vae"
+    build_autoencoder(2, (8, 16), scale_factor=0.3).save_pretrained(folder)
+    config = tiny_config(autoencoder={"kind": "pretrained", "pretrained_path": str(folder)})
+    before = _stage_keys(config, small_store, tmp_path)
+    assert _stage_keys(config, small_store, tmp_path) == before
+    torch.manual_seed(1)
+    build_autoencoder(2, (8, 16), scale_factor=0.3).save_pretrained(folder)
+    retrained = _stage_keys(config, small_store, tmp_path)
+    assert all(retrained[stage] != before[stage] for stage in LATENT_STAGES)
+    settings = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(settings | {"scaling_factor": 0.5}))
+    rescaled = _stage_keys(config, small_store, tmp_path)
+    assert all(rescaled[stage] != retrained[stage] for stage in LATENT_STAGES)
