@@ -3,11 +3,13 @@
 No ImageNet Inception is used: its features say little about 32x32 medical slices and it would need a
 download. Instead a small CNN learns, from real training slices, to predict which label classes a slice
 contains and where along Z it lies; its penultimate layer is the feature space. A user can supply a
-pretrained TorchScript extractor instead (`load_torchscript_extractor`).
+pretrained TorchScript extractor instead (`load_torchscript_extractor`). `train_feature_extractor_on` trains
+from a slice dataset that reads the store per step, so no store is ever loaded whole.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from gem3d.errors import MissingFileError, UnreadableFileError
 from gem3d.lineage import sha256_file
+from gem3d.volume_sets import read_slices
 
 FEATURE_DIM = 64
 ENCODER_CHANNELS = (16, 32, 64)
@@ -101,34 +105,86 @@ def train_feature_extractor(
         raise ValueError(f"expected (N, 1, H, W) slices, got {tuple(slices_t.shape)}")
     if targets_t.ndim != 2 or targets_t.shape[0] != slices_t.shape[0] or targets_t.shape[1] < 1:
         raise ValueError(f"targets must be (N, K >= 1) with N = {slices_t.shape[0]}, got {tuple(targets_t.shape)}")
-    num_presence = targets_t.shape[1] - 1
+    training = _Training(len(slices_t), targets_t.shape[1], seed, steps, batch_size, learning_rate, feature_dim)
+    encoder = _fit(lambda index: (slices_t[index], targets_t[index]), training)
+    return FeatureExtractor(encoder, _description(training, tuple(slices_t.shape[-2:]), data_note))
+
+
+def train_feature_extractor_on(
+    slices: Dataset,
+    num_classes: int,
+    seed: int,
+    steps: int = 300,
+    batch_size: int = 64,
+    learning_rate: float = 2e-3,
+    feature_dim: int = FEATURE_DIM,
+    data_note: str = "real training slices",
+) -> FeatureExtractor:
+    """As `train_feature_extractor`, on a slice dataset (`gem3d.data.SliceDataset` items) read per step.
+
+    Only one batch of slices is in memory at a time, whatever the size of the store; the draws are those
+    the array version makes on the same slices concatenated in dataset order, so both train the same network.
+    """
+    if len(slices) == 0:
+        raise ValueError("no slices to train the feature extractor on")
+
+    def batch(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        items = read_slices(slices, index.numpy())
+        labels = items["label"][:, 0]  # (B, 1, H, W) -> (B, H, W)
+        presence = [(labels == k).flatten(1).any(dim=1).float() for k in range(1, num_classes)]
+        return items["image"], torch.stack([*presence, items["position"]], dim=1)  # (B, 1, H, W), (B, K)
+
+    training = _Training(len(slices), num_classes, seed, steps, batch_size, learning_rate, feature_dim)
+    first = slices[0]["image"]
+    return FeatureExtractor(_fit(batch, training), _description(training, tuple(first.shape[-2:]), data_note))
+
+
+@dataclass(frozen=True)
+class _Training:
+    """The budget and shape of one extractor training run."""
+
+    num_slices: int
+    num_targets: int
+    seed: int
+    steps: int
+    batch_size: int
+    learning_rate: float
+    feature_dim: int
+
+
+def _fit(batch: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], training: _Training) -> SliceEncoder:
+    """The training loop: `batch(indices)` gives `(B, 1, H, W)` slices and `(B, K)` targets of drawn slices."""
+    num_presence = training.num_targets - 1
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        encoder = SliceEncoder(feature_dim)
-        head = nn.Linear(feature_dim, targets_t.shape[1])
-        optimiser = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=learning_rate)
-        order = np.random.default_rng(seed)
+        torch.manual_seed(training.seed)
+        encoder = SliceEncoder(training.feature_dim)
+        head = nn.Linear(training.feature_dim, training.num_targets)
+        optimiser = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=training.learning_rate)
+        order = np.random.default_rng(training.seed)
         encoder.train()
-        for _ in range(steps):
-            index = torch.from_numpy(order.integers(0, len(slices_t), size=min(batch_size, len(slices_t))))
-            prediction = head(encoder(slices_t[index]))  # (B, K)
-            target = targets_t[index]
+        for _ in range(training.steps):
+            size = min(training.batch_size, training.num_slices)
+            slices, target = batch(torch.from_numpy(order.integers(0, training.num_slices, size=size)))
+            prediction = head(encoder(slices))  # (B, K)
             loss = F.mse_loss(prediction[:, -1], target[:, -1])
             if num_presence:
                 loss = loss + F.binary_cross_entropy_with_logits(prediction[:, :-1], target[:, :-1])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-    description = (
-        f"Penultimate-layer features (dimension {feature_dim}) of a small CNN slice encoder "
+    return encoder.eval()
+
+
+def _description(training: _Training, size: tuple[int, int], data_note: str) -> str:
+    return (
+        f"Penultimate-layer features (dimension {training.feature_dim}) of a small CNN slice encoder "
         f"({len(ENCODER_CHANNELS)} stride-2 conv layers with {', '.join(map(str, ENCODER_CHANNELS))} channels, "
-        f"GroupNorm, SiLU, global average pooling, linear {ENCODER_CHANNELS[-1]}->{feature_dim}), trained by this "
-        f"pipeline for {steps} AdamW steps (batch {batch_size}, seed {seed}) on {len(slices_t)} {data_note} "
-        f"({slices_t.shape[-2]}x{slices_t.shape[-1]} pixels) to predict the presence of each of {num_presence} "
-        "label classes and the slice's relative position z/Z. Not an ImageNet Inception network: values are "
-        "comparable only between runs that use the same extractor."
+        f"GroupNorm, SiLU, global average pooling, linear {ENCODER_CHANNELS[-1]}->{training.feature_dim}), "
+        f"trained by this pipeline for {training.steps} AdamW steps (batch {training.batch_size}, seed "
+        f"{training.seed}) on {training.num_slices} {data_note} ({size[0]}x{size[1]} pixels) to predict the "
+        f"presence of each of {training.num_targets - 1} label classes and the slice's relative position z/Z. "
+        "Not an ImageNet Inception network: values are comparable only between runs that use the same extractor."
     )
-    return FeatureExtractor(module=encoder.eval(), description=description)
 
 
 def load_torchscript_extractor(path: str | Path) -> FeatureExtractor:

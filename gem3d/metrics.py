@@ -1,5 +1,8 @@
 """Fidelity, volumetric consistency, diversity and distribution-distance metrics for `(Z, H, W)` volumes.
 
+Distribution distances can be computed from streams: `FeatureMoments` (Frechet) and `FeatureReservoir`
+(MMD on a bounded uniform sample) take one volume's features at a time.
+
 Conventions (fixed, so numbers are comparable across runs):
 - Volumes are float arrays in `[-1, 1]` (data range 2).
 - PSNR is computed over the whole volume (one MSE over all voxels) with MONAI's `PSNRMetric`; identical
@@ -129,18 +132,103 @@ def _features(features: np.ndarray, name: str) -> np.ndarray:
     return features
 
 
+class FeatureMoments:
+    """Running count, sum and sum of outer products of (N, D) feature rows: a Gaussian fit in O(D^2) memory.
+
+    Feed it one volume's features at a time; `mean` and `covariance` equal those of all rows fed so far.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._sum: np.ndarray | None = None
+        self._outer: np.ndarray | None = None
+
+    def update(self, features: np.ndarray) -> None:
+        """Add the rows of an (N, D) feature array."""
+        rows = np.asarray(features, dtype=np.float64)
+        if rows.ndim != 2:
+            raise ValueError(f"features must be (N, D), got {rows.shape}")
+        if self._sum is None:
+            self._sum, self._outer = np.zeros(rows.shape[1]), np.zeros((rows.shape[1], rows.shape[1]))
+        if rows.shape[1] != self._sum.shape[0]:
+            raise ValueError(f"feature dimension {rows.shape[1]} differs from {self._sum.shape[0]} seen before")
+        self.count += rows.shape[0]
+        self._sum += rows.sum(axis=0)
+        self._outer += rows.T @ rows
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Mean feature vector `(D,)` of every row fed."""
+        self._check()
+        return self._sum / self.count
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """Unbiased covariance `(D, D)` of every row fed (as `np.cov(rows, rowvar=False)`)."""
+        self._check()
+        mean = self.mean
+        return (self._outer - self.count * np.outer(mean, mean)) / (self.count - 1)
+
+    def _check(self) -> None:
+        if self.count < 2:
+            raise ValueError(f"a Gaussian fit needs at least 2 feature rows, got {self.count}")
+
+
+class FeatureReservoir:
+    """A uniform random sample of at most `capacity` feature rows from a stream (reservoir sampling).
+
+    Holds every row, in order, while fewer than `capacity` have been fed, so small sets are used whole.
+    """
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        if capacity < 2:
+            raise ValueError(f"capacity must be at least 2, got {capacity}")
+        self.capacity = capacity
+        self.seen = 0
+        self._rows: list[np.ndarray] = []
+        self._draw = np.random.default_rng(seed)
+
+    def update(self, features: np.ndarray) -> None:
+        """Offer the rows of an (N, D) feature array."""
+        for row in np.asarray(features, dtype=np.float64):
+            if len(self._rows) < self.capacity:
+                self._rows.append(row)
+            else:
+                slot = int(self._draw.integers(self.seen + 1))
+                if slot < self.capacity:
+                    self._rows[slot] = row
+            self.seen += 1
+
+    @property
+    def sample(self) -> np.ndarray:
+        """The sampled rows `(min(seen, capacity), D)`."""
+        return np.stack(self._rows) if self._rows else np.zeros((0, 0))
+
+
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray, eps: float = 1e-6) -> float:
-    """Frechet distance between Gaussians fitted to two (N, D) feature sets (the FID formula).
+    """Frechet distance between Gaussians fitted to two (N, D) feature sets (the FID formula)."""
+    a, b = _features(features_a, "features_a"), _features(features_b, "features_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} and {b.shape[1]}")
+    return frechet_from_moments(_moments(a), _moments(b), eps)
+
+
+def _moments(features: np.ndarray) -> FeatureMoments:
+    moments = FeatureMoments()
+    moments.update(features)
+    return moments
+
+
+def frechet_from_moments(moments_a: FeatureMoments, moments_b: FeatureMoments, eps: float = 1e-6) -> float:
+    """Frechet distance between the Gaussians of two running fits (the FID formula).
 
     `||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 sqrt(C_a C_b))`; when the matrix square root is singular or not
     finite, `eps * I` is added to both covariances; a negligible imaginary part from round-off is dropped.
     """
-    a, b = _features(features_a, "features_a"), _features(features_b, "features_b")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature dimensions differ: {a.shape[1]} and {b.shape[1]}")
-    mean_diff = a.mean(axis=0) - b.mean(axis=0)
-    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
-    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
+    if moments_a.mean.shape != moments_b.mean.shape:
+        raise ValueError(f"feature dimensions differ: {moments_a.mean.shape[0]} and {moments_b.mean.shape[0]}")
+    mean_diff = moments_a.mean - moments_b.mean
+    cov_a, cov_b = np.atleast_2d(moments_a.covariance), np.atleast_2d(moments_b.covariance)
     covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(covmean).all():
         offset = np.eye(cov_a.shape[0]) * eps

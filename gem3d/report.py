@@ -1,7 +1,8 @@
 """A self-contained HTML evaluation report: one file that opens from disk with no server and no network.
 
 Images are embedded as base64 PNG data URIs, plots are inline SVG, CSS is inline; nothing is fetched. The
-evaluation flow fills a `ReportInputs` and calls `render_report`.
+report consumes an evaluation's result (`gem3d.evaluation.EvaluationResult`, via `evaluation_report_inputs`);
+the evaluation never imports it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from gem3d.evaluation.results import EvaluationResult, Figure, LineageEntry, SettingSummary, SliceProfile
+
+__all__ = [
+    "EvaluationResult",
+    "Figure",
+    "LineageEntry",
+    "ReportInputs",
+    "SettingSummary",
+    "SliceProfile",
+    "dice_verdict",
+    "evaluation_report_inputs",
+    "line_plot_svg",
+    "render_html",
+    "render_report",
+]
 SECTION_HEADINGS = {
     "fidelity": "Fidelity",
     "consistency": "Volumetric consistency",
@@ -33,51 +49,6 @@ SECTION_HEADINGS = {
 }
 DICE_TOLERANCE = 0.01
 SERIES_COLOURS = ("#1f6fb4", "#d0342c", "#2a9d55", "#8e5bb5")
-
-
-@dataclass
-class SettingSummary:
-    """Per-volume metric values of one setting (ic, icma, ig, igma, baseline, real-only); empty = not computed."""
-
-    setting: str
-    psnr: Sequence[float] = ()
-    ssim: Sequence[float] = ()
-    ms_ssim: Sequence[float] = ()
-    seam_overlap: Sequence[float] = ()
-    seam_no_overlap: Sequence[float] = ()
-    diversity: Sequence[float] = ()
-    frechet: float | None = None
-    mmd: float | None = None
-
-
-@dataclass
-class Figure:
-    """A picture for the report (from `gem3d.views`), embedded as PNG."""
-
-    title: str
-    image: Image.Image
-    caption: str = ""
-
-
-@dataclass
-class SliceProfile:
-    """Adjacent-slice difference profiles of a real volume and its synthetic counterpart.
-
-    `boundaries` are window starts (slice `b`); the step `b - 1 -> b` crosses them and is marked on the plot.
-    """
-
-    title: str
-    real: Sequence[float]
-    synthetic: Sequence[float]
-    boundaries: Sequence[int] = ()
-
-
-@dataclass
-class LineageEntry:
-    """One synthetic volume's id and its chain text (`gem3d.lineage.format_chain`)."""
-
-    synthetic_id: str
-    chain: str
 
 
 @dataclass
@@ -95,6 +66,33 @@ class ReportInputs:
     dice_rows: list[dict[str, Any]] = field(default_factory=list)
     label_names: dict[int, str] = field(default_factory=dict)
     lineage: list[LineageEntry] = field(default_factory=list)
+    selection_note: str = ""
+
+
+def evaluation_report_inputs(
+    result: EvaluationResult, title: str, config_hash: str, run_info: dict[str, str]
+) -> ReportInputs:
+    """The report of an evaluation result: its summaries, figures and Dice rows, and what it was computed on."""
+    info = {
+        **run_info,
+        "test cases": ", ".join(result.test_case_ids),
+        "training cases": str(len(result.training_case_ids)),
+        "synthetic volumes": f"{len(result.evaluated)} evaluated, {len(result.left_out)} older left out",
+    }
+    return ReportInputs(
+        title=title,
+        config_hash=config_hash,
+        run_info=info,
+        settings=result.settings,
+        feature_description=result.feature_description,
+        orthogonal_views=result.orthogonal_views,
+        slice_grids=result.slice_grids,
+        profiles=result.profiles,
+        dice_rows=result.dice_rows,
+        label_names=result.label_names,
+        lineage=result.lineage,
+        selection_note=result.selection_note(),
+    )
 
 
 _CSS = """
@@ -468,6 +466,7 @@ def render_html(inputs: ReportInputs) -> str:
         "usefulness": _usefulness(inputs.dice_rows, inputs.label_names),
         "lineage": _lineage(inputs.lineage),
     }
+    note = f'<p class="note">{_escape(inputs.selection_note)}</p>' if inputs.selection_note else ""
     nav = "".join(f'<a href="#{key}">{_escape(heading)}</a>' for key, heading in SECTION_HEADINGS.items())
     sections = "".join(
         f'<section id="{key}"><h2>{_escape(SECTION_HEADINGS[key])}</h2>{body}</section>' for key, body in bodies.items()
@@ -476,7 +475,7 @@ def render_html(inputs: ReportInputs) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{_escape(inputs.title)}</title><style>{_CSS}</style></head><body>"
         f"<header><h1>{_escape(inputs.title)}</h1><dl>{header_items}</dl></header>"
-        f"<nav>{nav}</nav><main>{sections}</main></body></html>\n"
+        f"<nav>{nav}</nav><main>{note}{sections}</main></body></html>\n"
     )
 
 

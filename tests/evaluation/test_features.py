@@ -13,9 +13,12 @@ from gem3d.features import (
     load_torchscript_extractor,
     slice_targets,
     train_feature_extractor,
+    train_feature_extractor_on,
     volume_slices,
 )
-from tests.evaluation import blob_case
+from gem3d.store import read_case
+from gem3d.volume_sets import StoredVolumes
+from tests.evaluation import blob_case, write_blob_store
 
 
 @pytest.fixture(autouse=True)
@@ -95,3 +98,14 @@ def test_torchscript_extractor_errors_name_the_file(tmp_path) -> None:
     garbage.write_bytes(b"not a torchscript archive")
     with pytest.raises(UnreadableFileError, match="garbage.pt"):
         load_torchscript_extractor(garbage)
+
+
+def test_training_from_the_store_slice_by_slice_equals_training_on_all_slices_in_memory(tmp_path) -> None:
+    store = write_blob_store(tmp_path / "store.zarr", {"a": "train", "b": "train", "c": "train"})
+    cases = [read_case(store, case) for case in ("a", "b", "c")]
+    slices = volume_slices([image for image, _ in cases])
+    targets = np.concatenate([slice_targets(label, num_classes=2) for _, label in cases])
+    in_memory = train_feature_extractor(slices, targets, seed=2, steps=4)
+    streamed = train_feature_extractor_on(StoredVolumes(store, ("a", "b", "c")).slices(), 2, seed=2, steps=4)
+    np.testing.assert_array_equal(streamed.extract(slices), in_memory.extract(slices))
+    assert f"{len(slices)} real" in streamed.describe()

@@ -133,3 +133,36 @@ def test_mmd_matches_a_hand_computed_unbiased_estimate() -> None:
     # k = exp(-d^2 / 2): within-set off-diagonal exp(-2); cross mean (1 + exp(-2)) / 2
     expected = 2 * math.exp(-2) - (1 + math.exp(-2))
     assert metrics.mmd(points, points.copy(), bandwidth=1.0) == pytest.approx(expected)
+
+
+def test_running_moments_fed_in_chunks_equal_the_moments_of_all_rows() -> None:
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(n, 5)) @ rng.normal(size=(5, 5)) for n in (3, 7, 1, 12)]
+    moments = metrics.FeatureMoments()
+    for chunk in chunks:
+        moments.update(chunk)
+    rows = np.concatenate(chunks)
+    np.testing.assert_allclose(moments.mean, rows.mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(moments.covariance, np.cov(rows, rowvar=False), rtol=1e-8, atol=1e-12)
+    other = rng.normal(1.0, 2.0, size=(30, 5))
+    streamed = metrics.FeatureMoments()
+    streamed.update(other)
+    assert metrics.frechet_from_moments(moments, streamed) == pytest.approx(metrics.frechet_distance(rows, other))
+
+
+def test_reservoir_keeps_every_row_below_capacity_and_a_uniform_bounded_sample_above() -> None:
+    rows = np.arange(20, dtype=float)[:, None]
+    small = metrics.FeatureReservoir(capacity=32, seed=0)
+    small.update(rows[:7])
+    small.update(rows[7:])
+    np.testing.assert_array_equal(small.sample, rows)
+    kept_first, kept_last = 0, 0
+    for seed in range(400):
+        reservoir = metrics.FeatureReservoir(capacity=5, seed=seed)
+        for chunk in np.array_split(rows, 4):
+            reservoir.update(chunk)
+        assert reservoir.sample.shape == (5, 1) and reservoir.seen == 20
+        kept_first += 0.0 in reservoir.sample
+        kept_last += 19.0 in reservoir.sample
+    # each row is kept with probability 5 / 20
+    assert abs(kept_first / 400 - 0.25) < 0.07 and abs(kept_last / 400 - 0.25) < 0.07

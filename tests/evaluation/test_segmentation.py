@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from gem3d.segmentation import compare_real_vs_augmented, dice_per_label, train_segmenter
-from tests.evaluation import blob_case
+from gem3d.volume_sets import StoredVolumes
+from tests.evaluation import blob_case, write_blob_store
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +72,7 @@ def test_comparison_reports_both_arms_and_both_amounts(cases) -> None:
         steps=8,
         seed=0,
         scarce_fraction=0.25,
-        synthetic_sources=list(range(6)),
+        synthetic_sources=[{index} for index in range(6)],
     )
     keyed = {(row["setting"], row["amount"]): row for row in rows}
     assert len(rows) == 4 and set(keyed) == {
@@ -88,5 +89,27 @@ def test_comparison_reports_both_arms_and_both_amounts(cases) -> None:
 def test_comparison_rejects_sources_that_do_not_match_the_synthetic_list(cases) -> None:
     with pytest.raises(ValueError, match="synthetic_sources"):
         compare_real_vs_augmented(
-            cases["real"], cases["synthetic"], cases["test"], 2, steps=1, seed=0, synthetic_sources=[0]
+            cases["real"], cases["synthetic"], cases["test"], 2, steps=1, seed=0, synthetic_sources=[{0}]
         )
+
+
+def test_scarce_arm_takes_only_synthetic_volumes_derived_from_scarce_cases_alone(cases) -> None:
+    """A volume whose mask comes from a scarce case but whose informed slice comes from another case stays out."""
+    scarce = sorted(np.random.default_rng(0).permutation(6)[:2])  # the draw compare_real_vs_augmented makes
+    others = [index for index in range(6) if index not in scarce]
+    sources = [{scarce[0]}, {scarce[1]}, {scarce[0], others[0]}, {others[1]}, {scarce[0], scarce[1]}, {others[2]}]
+    rows = compare_real_vs_augmented(
+        cases["real"], cases["synthetic"], cases["test"], 2, steps=1, seed=0, synthetic_sources=sources
+    )
+    keyed = {(row["setting"], row["amount"]): row for row in rows}
+    assert keyed["real+synthetic", "scarce"]["n_synthetic"] == 3
+
+
+def test_training_from_the_store_equals_training_on_arrays(cases, tmp_path) -> None:
+    store = write_blob_store(tmp_path / "store.zarr", {"a": "train", "b": "train"}, seed=3)
+    stored = StoredVolumes(store, ("a", "b"))
+    from_store = train_segmenter(stored, num_classes=2, steps=3, seed=1)
+    from_arrays = train_segmenter(list(stored.volumes()), num_classes=2, steps=3, seed=1)
+    expected = from_arrays.state_dict()
+    for name, value in from_store.state_dict().items():
+        assert torch.equal(value, expected[name]), name

@@ -6,12 +6,16 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.counterfactual import counterfactual_flow
+from gem3d.checkpoints import ModelSpec, build_model, read_bundle_meta, save_model
+from gem3d.export import synthetic_splits
 from gem3d.io.layouts import discover_dataset
 from gem3d.lineage import read_lineage_table
+from gem3d.splits import TRAINING_SPLITS
 from gem3d.store import case_attributes
 from gem3d.synthetic_store import LINEAGE, list_synthetic, read_synthetic
 from tests.flows.conftest import MICRO_CONFIG
@@ -138,5 +142,26 @@ def test_nnunet_export_is_a_complete_raw_dataset(micro_run, tmp_path):
     meta = json.loads((root / "dataset.json").read_text())
     info = discover_dataset(root)
     assert info.layout == "nnunet" and len(info.cases) == meta["numTraining"]
-    assert meta["numTraining"] == 5 + len(list_synthetic(synthetic))
+    derived = synthetic_splits(synthetic, workdir / "store.zarr")
+    assert meta["numTraining"] == 5 + sum(split in TRAINING_SPLITS for split in derived.values())
     assert meta["labels"]["background"] == 0
+
+
+def test_models_are_cached_by_their_weights_not_by_the_sampling_settings(tmp_path):
+    """The evaluation's ablation (same weights, no overlapped inpainting) shares the loaded networks."""
+    from tasks.synthesis import cached_models
+    from tests.synthesis import CONFIG, build_models
+
+    models_dir = build_models(tmp_path / "models")
+    weights = read_bundle_meta(models_dir / "stage2")["sha256"]
+    ablation = CONFIG.model_copy(
+        update={"sampling": CONFIG.sampling.model_copy(update={"overlapped_inpainting": False, "steps": 7})}
+    )
+    first = cached_models(models_dir, "stage2", CONFIG, weights)
+    assert cached_models(models_dir, "stage2", ablation, weights) is first
+    torch.manual_seed(5)  # retrain: other weights in the same bundle folder
+    spec = ModelSpec("stage2", 2, use_informed_slice=True, volumetric=True)
+    new_weights = save_model(build_model(spec, CONFIG), spec, CONFIG, models_dir / "stage2", extra={})
+    assert new_weights != weights
+    reloaded = cached_models(models_dir, "stage2", ablation, new_weights)
+    assert reloaded is not first and reloaded.denoiser_ref.sha256 == new_weights
