@@ -41,12 +41,9 @@ def deenhance_flow(
     )
     out_path = Path(out).resolve()
     outcome = run_synthesis("deenhance", plans, context, out_path)
-    before = [foreground_intensity_stats(read_case(context.store, p.source_case_id)[0]) for p in plans]
-    after = [
-        foreground_intensity_stats(read_synthetic(out_path, p.synthetic_id)[0])
-        for p in plans
-        if synthetic_exists(out_path, p.synthetic_id)
-    ]
+    published = [plan for plan in plans if synthetic_exists(out_path, plan.synthetic_id)]
+    before = [foreground_intensity_stats(read_case(context.store, plan.source_case_id)[0]) for plan in published]
+    after = [foreground_intensity_stats(read_synthetic(out_path, plan.synthetic_id)[0]) for plan in published]
     report = deenhancement_report(before, after)
     with tracked_run("deenhance-spread", context.workdir, context.config):
         mlflow.log_dict(report, "deenhancement_spread.json")

@@ -60,8 +60,17 @@ def deenhancement_report(
 ) -> dict[str, Any]:
     """How much the across-case spread shrank: per statistic the std and IQR before and after, their
     ratios (after / before; below 1 means more consistent; None when the spread before was negligible), and
-    the statistics whose std shrank by more than `NEGLIGIBLE_SPREAD`."""
+    the statistics whose std shrank by more than `NEGLIGIBLE_SPREAD`. With no volume after (all quarantined by the
+    synthetic contract) there is no spread to compare: the report says so with empty statistics."""
     before_rows, after_rows = list(before_rows), list(after_rows)
+    if not after_rows:
+        return {
+            "cases_before": len(before_rows),
+            "cases_after": 0,
+            "statistics": {},
+            "shrank": [],
+            "mean_std_ratio": None,
+        }
     before, after = spread(before_rows), spread(after_rows)
     statistics = {
         name: {

@@ -65,3 +65,9 @@ def test_report_says_how_much_the_spread_shrank():
     assert report["mean_std_ratio"] == pytest.approx(
         np.mean([report["statistics"][name]["std_ratio"] for name in ("mean", "p5", "p50", "p95")])
     )
+
+
+def test_a_deenhancement_with_every_volume_quarantined_reports_no_spread_instead_of_failing():
+    before = [foreground_intensity_stats(np.linspace(-1, 1, 64).reshape(4, 4, 4))]
+    report = deenhancement_report(before, [])
+    assert report["cases_after"] == 0 and report["statistics"] == {} and report["mean_std_ratio"] is None
