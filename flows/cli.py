@@ -5,17 +5,22 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 import flows  # noqa: F401  (applies the offline defaults before prefect, mlflow or GX are imported)
 from gem3d.errors import InputError
+
+if TYPE_CHECKING:
+    from gem3d.lineage import AuditReport
 
 app = typer.Typer(help="GEM-3D generative enhancement for 3D medical images.", no_args_is_help=True)
 console = Console()
@@ -335,29 +340,56 @@ def lineage(
     console.print(format_chain(record), markup=False)
 
 
+@contextmanager
+def _audit_progress(shown: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar over the audit's hashing jobs, or no callback when nobody watches a terminal."""
+    if not shown:
+        yield None
+        return
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console, transient=True) as progress:
+        bar = progress.add_task("hashing volumes and files", total=None)
+        yield lambda done, total: progress.update(bar, completed=done, total=total)
+
+
+def _print_audit(report: AuditReport) -> None:
+    counts = report.counts
+    if report.passed:
+        console.print(
+            f"[green]audit passed[/green]: {counts['volumes']} synthetic volumes, their records and "
+            f"{counts['files']} source files and checkpoints intact; table digest {report.table_digest}"
+        )
+        return
+    table = Table(title=f"Audit problems ({len(report.problems)})")
+    for column in ("kind", "synthetic id", "file", "reason"):
+        table.add_column(column, overflow="fold")
+    for problem in report.problems:
+        table.add_row(problem.kind, problem.synthetic_id or "-", problem.path or "-", problem.reason)
+    console.print(table)
+
+
 @app.command()
 @friendly_errors
 def audit(
     synthetic: Annotated[Path, typer.Argument(help="synthetic store")],
+    as_json: Annotated[bool, typer.Option("--json", help="print a machine-readable result (for CI)")] = False,
+    expected_digest: Annotated[
+        str | None,
+        typer.Option("--expected-digest", help="the lineage table digest logged to MLflow (param lineage_digest)"),
+    ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="hashing threads (default: pool's)")] = None,
 ) -> None:
-    """Re-hash every source file and checkpoint the synthetic volumes name; exit 1 on anything missing or changed."""
-    from gem3d.lineage import audit_records, read_lineage_table
-    from gem3d.synthetic_store import LINEAGE
+    """Re-hash every synthetic volume and every source file and checkpoint its record names, and check the
+    lineage table's hash chain and digest; exit 1 on anything missing, changed, edited or unrecorded."""
+    from gem3d.synthetic_store import audit_synthetic_store
 
-    records = read_lineage_table(Path(synthetic) / LINEAGE)
-    problems = audit_records(records)
-    if not problems:
-        console.print(
-            f"[green]audit passed[/green]: {len(records)} synthetic volumes, every source and checkpoint intact"
-        )
-        return
-    table = Table(title="Audit problems")
-    for column in ("synthetic id", "file", "problem"):
-        table.add_column(column, overflow="fold")
-    for problem in problems:
-        table.add_row(problem.synthetic_id, problem.path, problem.problem)
-    console.print(table)
-    raise typer.Exit(1)
+    with _audit_progress(console.is_terminal and not as_json) as on_progress:
+        report = audit_synthetic_store(synthetic, expected_digest, threads, on_progress)
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        _print_audit(report)
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,25 +1,31 @@
-"""Content hashes, lineage records, ids derived from inputs, and an audit that re-hashes referenced files.
+"""Content hashes, lineage records, ids derived from inputs, a tamper-evident lineage table, and the audit.
 
 A synthetic volume's `LineageRecord` leads back to the real files, the mask edits, the informed slice and
-the checkpoints that made it; the lineage table (parquet) holds one row per synthetic id.
+the checkpoints that made it, and holds the sha256 of the published image and mask. The lineage table
+(parquet) holds one row per synthetic id, in synthetic-id order, chained: each row's `chain_sha256` covers
+the row's canonical JSON and the previous row's digest, so the last one (the table digest) changes when any
+recorded field of any row does. Each row also carries the digests of its volume's attributes taken at
+publication (`attribute_digests`), which the audit compares with the volume itself.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 import gem3d
 from gem3d.config import Config, config_hash
@@ -55,12 +61,21 @@ def _canonical(value: Any) -> Any:
     raise TypeError(f"cannot derive an id from a {type(value).__name__}: {value!r}")
 
 
+def canonical_json(value: Any) -> str:
+    """The one JSON text of a value (sorted keys, no spaces) that ids and digests are taken over."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_canonical)
+
+
+def content_sha256(value: Any) -> str:
+    """Hex sha256 of a value's canonical JSON."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
 def derive_id(prefix: str, **inputs: Any) -> str:
     """A stable id `<prefix>-<16 hex>` from the canonical JSON of `inputs`: same inputs, same id."""
     if not prefix or any(char.isspace() for char in prefix):
         raise ValueError(f"id prefix must be a non-empty word, got {prefix!r}")
-    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=_canonical)
-    return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return f"{prefix}-{content_sha256(inputs)[:16]}"
 
 
 def _git(*args: str) -> str | None:
@@ -78,7 +93,7 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _code_version() -> tuple[str, str, bool | None]:
     commit = _git("rev-parse", "HEAD")
     if commit is None:
@@ -156,7 +171,8 @@ def _now() -> str:
 
 class LineageRecord(BaseModel):
     """Everything needed to trace (and re-make) one synthetic volume; check completeness with
-    `missing_fields`. `flow_run_id` is None outside Prefect; `git_dirty` is None when unknown."""
+    `missing_fields`. `flow_run_id` is None outside Prefect; `git_dirty` is None when unknown.
+    `image_sha256` and `mask_sha256` (`sha256_array` of the published arrays) are filled at publication."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -176,6 +192,8 @@ class LineageRecord(BaseModel):
     seed: int | None = None
     created_at: str = Field(default_factory=_now)
     flow_run_id: str | None = None
+    image_sha256: str | None = None
+    mask_sha256: str | None = None
 
     def source_case_ids(self) -> set[str]:
         """Every real case the volume derives from: mask source, informed-slice source and lesion-paste sources."""
@@ -204,7 +222,8 @@ REQUIRED_FIELDS: tuple[str, ...] = (
     "created_at",
 )
 """Fields that must be present: None, "" and empty containers count as missing (0 does not).
-`mask_edits` may be empty (no edits), `flow_run_id` and `git_dirty` may be None."""
+`mask_edits` may be empty (no edits), `flow_run_id` and `git_dirty` may be None. The volume hashes are filled
+at publication, after the contract that checks completeness; the audit requires them."""
 
 
 def _blank(value: Any) -> bool:
@@ -232,37 +251,128 @@ def missing_fields(record: LineageRecord) -> list[str]:
 
 
 _NESTED = ("source_files", "mask_edits", "informed_slice", "sampler", "checkpoints")
+DIGESTS_COLUMN = "attribute_digests"
+"""Table column: the volume's attribute digests taken at publication (canonical JSON; null when unknown)."""
+CHAIN_COLUMN = "chain_sha256"
+"""Table column: sha256 over the previous row's chain digest and this row's canonical JSON."""
+GENESIS = "0" * 64
+"""The digest a chain starts from, and so the digest of an empty table."""
+DIGESTS_ATTRIBUTE = "digests"
+"""Volume attribute: the sha256 of each of the volume's other attributes, taken at publication."""
 _COLUMN_TYPES = {"start_slice": pa.int64(), "seed": pa.int64(), "git_dirty": pa.bool_()}
-_SCHEMA = pa.schema([(name, _COLUMN_TYPES.get(name, pa.string())) for name in LineageRecord.model_fields])
+_COLUMNS = (*LineageRecord.model_fields, DIGESTS_COLUMN, CHAIN_COLUMN)
+_SCHEMA = pa.schema([(name, _COLUMN_TYPES.get(name, pa.string())) for name in _COLUMNS])
+_ABSENT = object()
 
 
-def _to_row(record: LineageRecord) -> dict[str, Any]:
+def attribute_digests(attributes: Mapping[str, Any]) -> dict[str, str]:
+    """sha256 of each attribute of a published volume (its digests aside), so a later edit is named by key."""
+    return {key: content_sha256(value) for key, value in attributes.items() if key != DIGESTS_ATTRIBUTE}
+
+
+def changed_fields(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the JSON leaves that differ, e.g. "seed", "sampler.steps", "checkpoints[0].sha256"."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [
+            name
+            for key in sorted(set(before) | set(after))
+            for name in changed_fields(before.get(key, _ABSENT), after.get(key, _ABSENT), f"{prefix}.{key}".lstrip("."))
+        ]
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        pairs = enumerate(zip(before, after, strict=True))
+        return [name for index, pair in pairs for name in changed_fields(*pair, f"{prefix}[{index}]")]
+    return [] if type(before) is type(after) and before == after else [prefix or "(whole value)"]
+
+
+def _to_row(record: LineageRecord, digests: Mapping[str, str] | None = None) -> dict[str, Any]:
     row = record.model_dump(mode="json")
-    return {name: json.dumps(row[name], sort_keys=True) if name in _NESTED else row[name] for name in row}
+    fields = {name: json.dumps(row[name], sort_keys=True) if name in _NESTED else row[name] for name in row}
+    return {**fields, DIGESTS_COLUMN: None if digests is None else canonical_json(digests)}
 
 
-def _from_row(row: dict[str, Any]) -> LineageRecord:
-    return LineageRecord.model_validate(
-        {name: json.loads(value) if name in _NESTED else value for name, value in row.items()}
-    )
+def row_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A table row's record fields as JSON values (nested ones parsed), unvalidated: what an edit left."""
+    fields = {name: value for name, value in row.items() if name in LineageRecord.model_fields}
+    return {name: _parsed(value) if name in _NESTED else value for name, value in fields.items()}
+
+
+def _parsed(text: str | None) -> Any:
+    """A nested field's JSON text parsed; text that is no longer JSON is kept as it is (validation refuses it)."""
+    try:
+        return None if text is None else json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def row_record(row: Mapping[str, Any]) -> LineageRecord:
+    """The lineage record a table row holds (digest columns aside)."""
+    return LineageRecord.model_validate(row_fields(row))
+
+
+def row_attribute_digests(row: Mapping[str, Any]) -> dict[str, str] | None:
+    """The volume attribute digests a table row recorded at publication; None for a volume published without."""
+    value = row.get(DIGESTS_COLUMN)
+    return None if value is None else json.loads(value)
+
+
+def chain_link(previous: str, row: Mapping[str, Any]) -> str:
+    """A row's chain digest: sha256 over the previous row's digest and this row's canonical JSON."""
+    body = canonical_json({name: value for name, value in row.items() if name != CHAIN_COLUMN})
+    return hashlib.sha256(f"{previous}\n{body}".encode()).hexdigest()
+
+
+def table_digest(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The chain recomputed over `rows` in their order: the digest an untouched table of these rows ends with."""
+    digest = GENESIS
+    for row in rows:
+        digest = chain_link(digest, row)
+    return digest
+
+
+def broken_links(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Ids of rows whose stored chain digest does not cover their content and the stored digest before them.
+
+    Each edited row is named on its own; a removed or reordered row breaks the link of the row after it.
+    """
+    broken, previous = [], GENESIS
+    for row in rows:
+        if row.get(CHAIN_COLUMN) != chain_link(previous, row):
+            broken.append(row["synthetic_id"])
+        previous = row.get(CHAIN_COLUMN) or ""
+    return broken
+
+
+def read_lineage_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The lineage table's rows as stored (nested fields as JSON text, digest columns included)."""
+    if not Path(path).exists():
+        raise MissingFileError(path, "lineage table not found")
+    return pq.read_table(path).to_pylist()
 
 
 def read_lineage_table(path: str | Path) -> list[LineageRecord]:
     """All records of a lineage table, in table order."""
-    if not Path(path).exists():
-        raise MissingFileError(path, "lineage table not found")
-    return [_from_row(row) for row in pq.read_table(path).to_pylist()]
+    return [row_record(row) for row in read_lineage_rows(path)]
 
 
-def write_lineage_table(records: list[LineageRecord], path: str | Path) -> None:
+def write_lineage_table(
+    records: list[LineageRecord], path: str | Path, digests: Mapping[str, Mapping[str, str] | None] | None = None
+) -> str:
     """Upsert `records` by synthetic_id into the parquet table at `path` (created if absent), atomically.
 
-    Nested fields are stored as JSON strings. One writer at a time: the read-modify-write is not locked.
+    Rows are kept in synthetic-id order and the whole chain is recomputed; `digests` maps an id to its
+    volume's attribute digests. Nested fields are stored as JSON strings. Returns the table digest (the
+    last row's chain digest). One writer at a time: the read-modify-write is not locked.
     """
     path = Path(path)
-    merged = {record.synthetic_id: record for record in (read_lineage_table(path) if path.exists() else [])}
-    merged.update({record.synthetic_id: record for record in records})
-    table = pa.Table.from_pylist([_to_row(record) for record in merged.values()], schema=_SCHEMA)
+    digests = digests or {}
+    merged = {row["synthetic_id"]: row for row in (read_lineage_rows(path) if path.exists() else [])}
+    merged.update({record.synthetic_id: _to_row(record, digests.get(record.synthetic_id)) for record in records})
+    rows, previous = [], GENESIS
+    for synthetic_id in sorted(merged):
+        row = {name: merged[synthetic_id].get(name) for name in _SCHEMA.names if name != CHAIN_COLUMN}
+        previous = chain_link(previous, row)
+        rows.append({**row, CHAIN_COLUMN: previous})
+    table = pa.Table.from_pylist(rows, schema=_SCHEMA)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -272,41 +382,121 @@ def write_lineage_table(records: list[LineageRecord], path: str | Path) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return previous
+
+
+AuditKind = Literal[
+    "missing_file",
+    "changed_file",
+    "missing_volume",
+    "changed_volume",
+    "unrecorded_volume",
+    "edited_record",
+    "edited_table",
+    "missing_table",
+    "unverifiable",
+]
 
 
 class AuditProblem(BaseModel):
-    """A referenced file that is gone ("missing") or whose content no longer matches ("changed")."""
+    """One thing the audit could not prove: its kind, the volume and file concerned, and why.
+
+    Kinds: a referenced source file or checkpoint gone or changed ("missing_file", "changed_file"); a recorded
+    volume gone, a volume whose voxels changed, a volume the table does not record ("missing_volume",
+    "changed_volume", "unrecorded_volume"); a record edited in the table or the volume's attributes
+    ("edited_record"); a table that no longer matches its recorded digest ("edited_table"); no table
+    ("missing_table"); nothing recorded to check against ("unverifiable", e.g. published before volume hashes).
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    synthetic_id: str
-    path: str
-    problem: Literal["missing", "changed"]
-    expected: str
-    actual: str | None
+    kind: AuditKind
+    synthetic_id: str | None = None
+    path: str | None = None
+    reason: str
+    expected: str | None = None
+    actual: str | None = None
 
 
-def audit_records(records: list[LineageRecord]) -> list[AuditProblem]:
-    """Re-hash every source file and checkpoint the records reference (each path once) and report drift."""
-    hashes: dict[str, str | None] = {}
+class AuditReport(BaseModel):
+    """What `gem3d audit` found: counts, the table digest against the recorded one, and every problem."""
+
+    store: str
+    counts: dict[str, int]
+    table_digest: str | None = None
+    recorded_digest: str | None = None
+    problems: list[AuditProblem] = []
+
+    @computed_field
+    @property
+    def passed(self) -> bool:
+        """Nothing missing, changed, edited, unrecorded or unverifiable."""
+        return not self.problems
+
+
+Key = TypeVar("Key", bound=Hashable)
+Result = TypeVar("Result")
+
+
+def run_in_threads(
+    jobs: Mapping[Key, Callable[[], Result]],
+    workers: int | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> dict[Key, Result]:
+    """Run each job once on a thread pool (hashlib and zarr's decompression release the GIL).
+
+    `workers` None takes the pool's default; `on_done` is called in this thread after each job (progress).
+    """
+    results: dict[Key, Result] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(job): key for key, job in jobs.items()}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if on_done is not None:
+                on_done()
+    return results
+
+
+def _sha256_if_present(path: str) -> str | None:
+    try:
+        return sha256_file(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def file_hash_jobs(records: Iterable[LineageRecord]) -> dict[str, Callable[[], str | None]]:
+    """One hashing job per distinct source file and checkpoint the records reference (None when it is gone)."""
+    paths = {reference.path for record in records for reference in [*record.source_files, *record.checkpoints]}
+    return {path: functools.partial(_sha256_if_present, path) for path in sorted(paths)}
+
+
+def file_problems(records: Iterable[LineageRecord], hashes: Mapping[str, str | None]) -> list[AuditProblem]:
+    """Every reference whose file is gone or whose current sha256 (`hashes`, by path) differs from the record's."""
     problems = []
     for record in records:
         for reference in [*record.source_files, *record.checkpoints]:
-            if reference.path not in hashes:
-                present = Path(reference.path).is_file()
-                hashes[reference.path] = sha256_file(reference.path) if present else None
             actual = hashes[reference.path]
-            if actual != reference.sha256:
-                problems.append(
-                    AuditProblem(
-                        synthetic_id=record.synthetic_id,
-                        path=reference.path,
-                        problem="missing" if actual is None else "changed",
-                        expected=reference.sha256,
-                        actual=actual,
-                    )
+            if actual == reference.sha256:
+                continue
+            state = "is missing" if actual is None else "changed since the volume was made"
+            problems.append(
+                AuditProblem(
+                    kind="missing_file" if actual is None else "changed_file",
+                    synthetic_id=record.synthetic_id,
+                    path=reference.path,
+                    reason=f"{reference.role} {state}",
+                    expected=reference.sha256,
+                    actual=actual,
                 )
+            )
     return problems
+
+
+def audit_records(
+    records: list[LineageRecord], workers: int | None = None, on_done: Callable[[], None] | None = None
+) -> list[AuditProblem]:
+    """Re-hash every source file and checkpoint the records reference (each path once, in parallel); report drift."""
+    return file_problems(records, run_in_threads(file_hash_jobs(records), workers, on_done))
 
 
 def _short(digest: str | None) -> str:
@@ -340,6 +530,7 @@ def format_chain(record: LineageRecord) -> str:
         f"  <- mask of case {record.source_case_id} (sha256 {_short(record.source_mask_sha256)})",
     ]
     lines += [f"       edit {_edit_text(edit)}" for edit in record.mask_edits] or ["       no edits"]
+    lines.append(f"  volume image sha256 {_short(record.image_sha256)}, mask sha256 {_short(record.mask_sha256)}")
     lines.append("  <- checkpoints")
     lines += [
         f"       {ref.role}: {ref.path} (sha256 {_short(ref.sha256)}, mlflow run {ref.mlflow_run_id or '-'}, "

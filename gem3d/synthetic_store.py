@@ -5,29 +5,55 @@ Layout::
     SYNTHETIC/                      Zarr group (attrs: kind "synthetic", ...)
       cases/<synthetic_id>/image    (Z, H, W) float32 in [-1, 1]
       cases/<synthetic_id>/label    (Z, H, W) uint8: the mask actually used (after edits)
-      cases/<synthetic_id>          attrs: lineage record, source case id, setting, plan
-      lineage.parquet               one row per synthetic id (`lineage.write_lineage_table`)
+      cases/<synthetic_id>          attrs: lineage record (with the image and mask sha256), source case id,
+                                    setting, plan, generation, and `digests` (sha256 of each other attribute)
+      lineage.parquet               one row per synthetic id, hash-chained (`lineage.write_lineage_table`)
+      lineage.digest.json           the table digest (last chain digest) when the table was rebuilt
       quarantine.json               plans or volumes refused, with the reason
 
 Volumes are staged in the store's staging sibling, read back and checked, then published by one rename;
-an id already published is skipped, so a rerun with the same inputs does no work.
+an id already published is skipped, so a rerun with the same inputs does no work. `audit_synthetic_store`
+proves a store: voxels, records, table and the files the records name.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
-from gem3d.errors import StoreError
+from gem3d.errors import MissingFileError, StoreError
 from gem3d.label_intensity import label_means
-from gem3d.lineage import LineageRecord, missing_fields, sha256_array, write_lineage_table
+from gem3d.lineage import (
+    CHAIN_COLUMN,
+    DIGESTS_ATTRIBUTE,
+    AuditProblem,
+    AuditReport,
+    LineageRecord,
+    attribute_digests,
+    broken_links,
+    changed_fields,
+    content_sha256,
+    file_hash_jobs,
+    file_problems,
+    missing_fields,
+    read_lineage_rows,
+    row_attribute_digests,
+    row_fields,
+    row_record,
+    run_in_threads,
+    sha256_array,
+    table_digest,
+    write_lineage_table,
+)
 from gem3d.store import (
     CASES,
     QUARANTINE,
@@ -43,6 +69,7 @@ if TYPE_CHECKING:
     from gem3d.synthesis import SyntheticVolume
 
 LINEAGE = "lineage.parquet"
+LINEAGE_DIGEST = "lineage.digest.json"
 
 
 def synthetic_exists(store: str | Path, synthetic_id: str) -> bool:
@@ -91,13 +118,28 @@ def synthetic_row(volume: SyntheticVolume) -> dict:
     }
 
 
-def _check_staged(staged: Path, volume: SyntheticVolume) -> None:
-    """Read the staged arrays back and compare their content hashes with the volume's."""
+def _check_staged(staged: Path, record: LineageRecord) -> None:
+    """Read the staged arrays back and compare their content hashes with the ones the record will publish."""
     group = zarr.open_group(staged, mode="r")
-    image, label = group["image"][:], group["label"][:]
-    expected = (sha256_array(volume.image.astype(np.float32)), sha256_array(volume.mask.astype(np.uint8)))
-    if (sha256_array(image), sha256_array(label)) != expected:
-        raise StoreError(staged, f"staged volume {volume.plan.synthetic_id} does not read back identically")
+    actual = (sha256_array(group["image"][:]), sha256_array(group["label"][:]))
+    if actual != (record.image_sha256, record.mask_sha256):
+        raise StoreError(staged, f"staged volume {record.synthetic_id} does not read back identically")
+
+
+def _seal_staged(staged: Path) -> None:
+    """Record the sha256 of each staged attribute as read back, so a later edit of any of them is named."""
+    group = zarr.open_group(staged, mode="r+")
+    group.attrs[DIGESTS_ATTRIBUTE] = attribute_digests(dict(group.attrs))
+
+
+def _published_record(
+    volume: SyntheticVolume, image: np.ndarray, mask: np.ndarray, flow_run_id: str | None
+) -> LineageRecord:
+    """The volume's lineage record as published: with the arrays' sha256 and the flow run, when given."""
+    update: dict[str, Any] = {"image_sha256": sha256_array(image), "mask_sha256": sha256_array(mask)}
+    if flow_run_id is not None:
+        update["flow_run_id"] = flow_run_id
+    return volume.lineage.model_copy(update=update)
 
 
 def write_synthetic(
@@ -106,10 +148,11 @@ def write_synthetic(
     flow_run_id: str | None = None,
     generation: dict | None = None,
 ) -> list[str]:
-    """Publish each volume not yet in the store (staged, checked, renamed); see `rebuild_lineage_table`.
+    """Publish each volume not yet in the store (staged, checked, sealed, renamed); see `rebuild_lineage_table`.
 
-    Returns the ids written; already published ids are skipped. `flow_run_id` fills the records' field;
-    `generation` (`gem3d.reproduce.generation_record`) is stored with each volume so it can be regenerated.
+    Returns the ids written; already published ids are skipped. The record gains the sha256 of the image and
+    mask (checked against the staged arrays read back) and `flow_run_id`; `generation`
+    (`gem3d.reproduce.generation_record`) is stored with each volume so it can be regenerated.
     """
     store = init_store(store, {"kind": "synthetic"})
     written = []
@@ -117,9 +160,8 @@ def write_synthetic(
         synthetic_id = volume.plan.synthetic_id
         if synthetic_exists(store, synthetic_id):
             continue
-        record = volume.lineage
-        if flow_run_id is not None:
-            record = record.model_copy(update={"flow_run_id": flow_run_id})
+        image, mask = volume.image.astype(np.float32), volume.mask.astype(np.uint8)
+        record = _published_record(volume, image, mask, flow_run_id)
         attributes = {
             "source_case_id": volume.plan.source_case_id,
             "setting": volume.plan.setting,
@@ -127,9 +169,10 @@ def write_synthetic(
             "lineage": record.model_dump(mode="json"),
             **({"generation": generation} if generation is not None else {}),
         }
-        staged = stage_case(store, synthetic_id, volume.image.astype(np.float32), volume.mask, attributes)
+        staged = stage_case(store, synthetic_id, image, mask, attributes)
         try:
-            _check_staged(staged, volume)
+            _check_staged(staged, record)
+            _seal_staged(staged)
         except BaseException:
             discard_staged(staged)
             raise
@@ -138,24 +181,43 @@ def write_synthetic(
     return written
 
 
-def rebuild_lineage_table(store: str | Path) -> Path:
-    """Write `lineage.parquet` from the published volumes' attributes (the source of truth).
+def rebuild_lineage_table(store: str | Path, workers: int | None = None) -> Path:
+    """Write `lineage.parquet` from the published volumes' attributes (the source of truth), and its digest.
 
-    Done once after a fan-out rather than per batch, so parallel writers never race on the table.
+    Done once after a fan-out rather than per batch, so parallel writers never race on the table. Each row
+    keeps the attribute digests its volume recorded at publication; the table digest (last link of the
+    chain) goes to `lineage.digest.json` (`read_lineage_digest`) for the audit and MLflow.
     """
-    records = [
-        LineageRecord.model_validate(synthetic_attributes(store, synthetic_id)["lineage"])
-        for synthetic_id in list_synthetic(store)
-    ]
-    path = Path(store) / LINEAGE
+    store = Path(store)
+    ids = list_synthetic(store)
+    attributes = run_in_threads({i: functools.partial(synthetic_attributes, store, i) for i in ids}, workers)
+    records = [LineageRecord.model_validate(attributes[i]["lineage"]) for i in ids]
+    path, digest_path = store / LINEAGE, store / LINEAGE_DIGEST
     path.unlink(missing_ok=True)
+    digest_path.unlink(missing_ok=True)
     if records:
-        write_lineage_table(records, path)
+        digest = write_lineage_table(records, path, {i: attributes[i].get(DIGESTS_ATTRIBUTE) for i in ids})
+        write_json_atomic(
+            digest_path,
+            {
+                "table": LINEAGE,
+                "table_digest": digest,
+                "records": len(records),
+                "chain": "sha256(previous digest + newline + row canonical JSON), rows by synthetic_id",
+                "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
     return path
 
 
+def read_lineage_digest(store: str | Path) -> dict | None:
+    """The table digest recorded when the lineage table was last rebuilt (`table_digest`, `records`), if any."""
+    path = Path(store) / LINEAGE_DIGEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def synthetic_attributes(store: str | Path, synthetic_id: str) -> dict:
-    """Attributes of a published synthetic volume (lineage, source case id, setting, plan)."""
+    """Attributes of a published synthetic volume (lineage, source case id, setting, plan, digests)."""
     path = Path(store) / CASES / synthetic_id
     if not (path / "zarr.json").exists():
         raise StoreError(path, f"synthetic volume {synthetic_id!r} is not in the store")
@@ -176,6 +238,224 @@ def volume_digests(store: str | Path) -> dict[str, str]:
         image, mask, _ = read_synthetic(store, synthetic_id)
         digests[synthetic_id] = f"{sha256_array(image)}:{sha256_array(mask)}"
     return digests
+
+
+@dataclass(frozen=True)
+class _VolumeContent:
+    """What the audit reads of one published volume: its attributes and its arrays' sha256 (or why not)."""
+
+    attributes: dict
+    image_sha256: str | None
+    mask_sha256: str | None
+    error: str | None = None
+
+
+def _read_volume_content(store: Path, synthetic_id: str) -> _VolumeContent:
+    """Open the volume once, read its attributes and hash its image and mask (one audit job)."""
+    try:
+        group = zarr.open_group(store / CASES / synthetic_id, mode="r")
+        attributes = dict(group.attrs)
+        return _VolumeContent(attributes, sha256_array(group["image"][:]), sha256_array(group["label"][:]))
+    except Exception as error:  # an unreadable volume is a finding of the audit, not a crash of it
+        return _VolumeContent({}, None, None, f"{type(error).__name__}: {error}")
+
+
+def _differing(first: Mapping[str, str], second: Mapping[str, str]) -> list[str]:
+    return sorted(key for key in set(first) | set(second) if first.get(key) != second.get(key))
+
+
+def _table_problems(
+    store: Path, rows: list[dict], expected_digest: str | None, edits: dict[str, list[str]]
+) -> tuple[str, list[AuditProblem]]:
+    """Check the chain row by row (edited rows go to `edits`) and the table digest against the recorded ones."""
+    table, recorded, problems = str(store / LINEAGE), read_lineage_digest(store), []
+    digest = table_digest(rows)
+    if any(row.get(CHAIN_COLUMN) is None for row in rows):
+        reason = "the lineage table has no hash chain (written before chains): its records cannot be proved"
+        problems.append(AuditProblem(kind="unverifiable", path=table, reason=reason))
+    else:
+        for synthetic_id in broken_links(rows):
+            edits.setdefault(synthetic_id, []).append(
+                "table row edited after publication (its chain digest no longer covers it, or a row before it was"
+                " removed)"
+            )
+    if recorded is None:
+        reason = "the table digest written with the table is missing"
+        problems.append(AuditProblem(kind="edited_table", path=str(store / LINEAGE_DIGEST), reason=reason))
+    elif recorded.get("table_digest") != digest:
+        reason = "the table no longer ends with the digest recorded when it was written (rows edited, added, removed)"
+        problems.append(
+            AuditProblem(
+                kind="edited_table", path=table, reason=reason, expected=recorded.get("table_digest"), actual=digest
+            )
+        )
+    if expected_digest is not None and expected_digest != digest:
+        reason = "the table digest differs from the expected one (recorded in MLflow at publication)"
+        problems.append(
+            AuditProblem(kind="edited_table", path=table, reason=reason, expected=expected_digest, actual=digest)
+        )
+    return digest, problems
+
+
+def _record_edits(row: dict, content: _VolumeContent) -> list[str]:
+    """How the volume's attributes and its table row disagree with what was recorded at publication."""
+    attributes = content.attributes
+    published, tabled = attributes.get(DIGESTS_ATTRIBUTE), row_attribute_digests(row)
+    reasons = []
+    if published is not None and tabled is not None:
+        if edited := _differing(published, attribute_digests(attributes)):
+            reasons.append(f"volume attributes edited after publication: {', '.join(edited)}")
+        if disagree := _differing(tabled, published):
+            reasons.append(f"the table's and the volume's publication digests differ on: {', '.join(disagree)}")
+        if tabled.get("lineage") != content_sha256(row_fields(row)):
+            reasons.append("the table's record differs from the one published")
+    fields = changed_fields(row_fields(row), attributes.get("lineage"))
+    if fields:
+        reasons.append(f"table and volume records differ in: {', '.join(fields)}")
+    return reasons
+
+
+def _volume_problems(store: Path, row: dict, content: _VolumeContent) -> list[AuditProblem]:
+    """Voxels against the recorded sha256, and whether there is anything recorded to prove them with."""
+    synthetic_id = row["synthetic_id"]
+    folder = store / CASES / synthetic_id
+    if content.error is not None:
+        return [AuditProblem(kind="changed_volume", synthetic_id=synthetic_id, path=str(folder), reason=content.error)]
+    problems = []
+    if DIGESTS_ATTRIBUTE not in content.attributes or row_attribute_digests(row) is None:
+        reason = "published without attribute digests: its record cannot be proved"
+        problems.append(AuditProblem(kind="unverifiable", synthetic_id=synthetic_id, path=str(folder), reason=reason))
+    recorded = {"image": row.get("image_sha256"), "label": row.get("mask_sha256")}
+    actual = {"image": content.image_sha256, "label": content.mask_sha256}
+    for array, expected in recorded.items():
+        path = str(folder / array)
+        if expected is None:
+            reason = f"no sha256 recorded for the {array} (published before volume hashes)"
+            problems.append(AuditProblem(kind="unverifiable", synthetic_id=synthetic_id, path=path, reason=reason))
+        elif expected != actual[array]:
+            problems.append(
+                AuditProblem(
+                    kind="changed_volume",
+                    synthetic_id=synthetic_id,
+                    path=path,
+                    reason=f"{array} voxels changed since publication",
+                    expected=expected,
+                    actual=actual[array],
+                )
+            )
+    return problems
+
+
+def _presence_problems(store: Path, recorded: list[str], published: list[str]) -> list[AuditProblem]:
+    """Recorded volumes that are gone, and published volumes the table does not record."""
+    problems = [
+        AuditProblem(
+            kind="missing_volume",
+            synthetic_id=synthetic_id,
+            path=str(store / CASES / synthetic_id),
+            reason="recorded in the lineage table but not in the store",
+        )
+        for synthetic_id in sorted(set(recorded) - set(published))
+    ]
+    problems += [
+        AuditProblem(
+            kind="unrecorded_volume",
+            synthetic_id=synthetic_id,
+            path=str(store / CASES / synthetic_id),
+            reason="published but not recorded in the lineage table",
+        )
+        for synthetic_id in sorted(set(published) - set(recorded))
+    ]
+    return problems
+
+
+def _valid_records(rows: list[dict], edits: dict[str, list[str]]) -> list[LineageRecord]:
+    """The rows that still parse as lineage records; the others go to `edits`."""
+    records = []
+    for row in rows:
+        try:
+            records.append(row_record(row))
+        except ValueError as error:
+            edits.setdefault(row["synthetic_id"], []).append(f"table row is no longer a lineage record: {error}")
+    return records
+
+
+def _hash_all(
+    store: Path,
+    records: list[LineageRecord],
+    volume_ids: list[str],
+    workers: int | None,
+    on_progress: Callable[[int, int], None] | None,
+) -> tuple[dict[str, str | None], dict[str, _VolumeContent]]:
+    """Hash each distinct referenced file and each volume once, together on one thread pool."""
+    file_jobs = file_hash_jobs(records)
+    jobs: dict[tuple[str, str], Callable[[], Any]] = {("file", path): job for path, job in file_jobs.items()}
+    jobs.update({("volume", i): functools.partial(_read_volume_content, store, i) for i in volume_ids})
+    done = 0
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        on_progress(done, len(jobs))
+
+    results = run_in_threads(jobs, workers, advance if on_progress is not None else None)
+    return {path: results[("file", path)] for path in file_jobs}, {i: results[("volume", i)] for i in volume_ids}
+
+
+def audit_synthetic_store(
+    store: str | Path,
+    expected_digest: str | None = None,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> AuditReport:
+    """Prove a synthetic store: every volume's voxels, its record in the table and in its attributes, the
+    table's hash chain and digest (against `lineage.digest.json` and `expected_digest`, e.g. from MLflow),
+    and every source file and checkpoint the records name.
+
+    Distinct files and volumes are hashed once each on a thread pool of `workers`; `on_progress(done, total)`
+    follows it. Raises `StoreError` for a path that is no Zarr store and `MissingFileError` for a store with
+    neither volumes nor a lineage table.
+    """
+    store = Path(store)
+    if not (store / "zarr.json").exists():
+        raise StoreError(store, "not a synthetic Zarr store (no zarr.json)")
+    published, table = list_synthetic(store), store / LINEAGE
+    if not table.exists() and not published:
+        raise MissingFileError(table, "lineage table not found")
+    rows = read_lineage_rows(table) if table.exists() else []
+    edits: dict[str, list[str]] = {}
+    problems = [] if rows else [AuditProblem(kind="missing_table", path=str(table), reason="no lineage records")]
+    digest, table_problems = _table_problems(store, rows, expected_digest, edits)
+    problems += table_problems
+    records = _valid_records(rows, edits)
+    present = set(published)
+    audited = {row["synthetic_id"]: row for row in rows if row["synthetic_id"] in present}
+    file_hashes, contents = _hash_all(store, records, list(audited), workers, on_progress)
+    problems += file_problems(records, file_hashes)
+    problems += _presence_problems(store, [row["synthetic_id"] for row in rows], published)
+    for synthetic_id, row in audited.items():
+        problems += _volume_problems(store, row, contents[synthetic_id])
+        if contents[synthetic_id].error is None:
+            edits.setdefault(synthetic_id, []).extend(_record_edits(row, contents[synthetic_id]))
+    problems += [
+        AuditProblem(
+            kind="edited_record",
+            synthetic_id=i,
+            path=str(store / CASES / i if i in present else table),
+            reason="; ".join(reasons),
+        )
+        for i, reasons in sorted(edits.items())
+        if reasons
+    ]
+    counts = {"records": len(rows), "volumes": len(published), "files": len(file_hashes), "problems": len(problems)}
+    recorded = read_lineage_digest(store)
+    return AuditReport(
+        store=str(store),
+        counts=counts,
+        table_digest=digest,
+        recorded_digest=recorded.get("table_digest") if recorded else None,
+        problems=problems,
+    )
 
 
 def quarantine(store: str | Path, synthetic_id: str, reason: str) -> Path:

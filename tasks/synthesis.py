@@ -4,9 +4,10 @@ publish what passes and quarantine the rest; plus the fan-out over a Dask cluste
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import mlflow
@@ -15,13 +16,16 @@ from prefect import get_run_logger, runtime, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from data_contracts import synthetic_contract
-from gem3d.checkpoints import read_bundle_meta
+from gem3d.checkpoints import SPEC_FILE, read_bundle_meta
 from gem3d.config import Config, config_hash, load_config
+from gem3d.label_intensity import real_label_mean_ranges
 from gem3d.reproduce import generation_record
 from gem3d.store import clear_staging
 from gem3d.synthesis import LoadedModels, SynthesisPlan, load_models, synthesize
 from gem3d.synthetic_store import (
+    LINEAGE_DIGEST,
     quarantine,
+    read_lineage_digest,
     rebuild_lineage_table,
     synthetic_exists,
     synthetic_row,
@@ -61,14 +65,41 @@ def synthesis_context(
     return SynthesisContext(loaded, store_path, workdir_path, role, weights)
 
 
-@lru_cache(maxsize=4)
-def _models(models_dir: str, role: str, config_json: str, weights_sha256: str) -> LoadedModels:
-    """Models loaded once per worker process for a given bundle (the sha256 makes a retrained bundle reload)."""
-    return load_models(models_dir, Config.model_validate_json(config_json), role=role)
+MODEL_CACHE_SIZE = 4
+_loaded: OrderedDict[tuple, LoadedModels] = OrderedDict()
+_loading = threading.Lock()
+
+
+def _bundle_weights(models_dir: Path, role: str, weights_sha256: str) -> tuple[tuple[str, str], ...]:
+    """(role, sha256) of every bundle `load_models` reads: the denoiser and, when present, codec and generator."""
+    extra = [
+        (other, read_bundle_meta(models_dir / other)["sha256"])
+        for other in ("autoencoder", "slicegen")
+        if (models_dir / other / SPEC_FILE).exists()
+    ]
+    return ((role, weights_sha256), *extra)
 
 
 def cached_models(models_dir: Path, role: str, config: Config, weights_sha256: str) -> LoadedModels:
-    return _models(str(models_dir), role, config.model_dump_json(), weights_sha256)
+    """The loaded models for these weights, device and codec; configs differing only in sampling share them.
+
+    Keyed by the weights' sha256 rather than the whole config, so the evaluation's ablation (same weights,
+    no overlapped inpainting) does not hold a second copy of the same networks in (GPU) memory.
+    """
+    key = (
+        str(models_dir),
+        role,
+        _bundle_weights(Path(models_dir), role, weights_sha256),
+        config.train.device,
+        config.autoencoder.model_dump_json(),
+    )
+    with _loading:  # one load per key even when batch tasks of one worker start together
+        if key not in _loaded:
+            _loaded[key] = load_models(models_dir, config, role=role)
+            while len(_loaded) > MODEL_CACHE_SIZE:
+                _loaded.popitem(last=False)
+        _loaded.move_to_end(key)
+        return _loaded[key]
 
 
 @task(
@@ -100,7 +131,7 @@ def synthesize_batch_task(
     if not volumes:
         return {"written": [], "quarantined": invalid}
     rows = pd.DataFrame([synthetic_row(volume) for volume in volumes])
-    result = synthetic_contract(rows)
+    result = synthetic_contract(rows, label_mean_ranges=real_label_mean_ranges(store), limits=config.synthetic_contract)
     failed = set(result.failed_case_ids)
     for failure in result.failures:
         if failure.get("case_id") in failed:
@@ -145,8 +176,21 @@ def fan_out_synthesis(plans: Sequence[SynthesisPlan], context: SynthesisContext,
     }
 
 
+def log_lineage_digest(out: Path) -> str | None:
+    """Record the rebuilt lineage table's digest in the active MLflow run (a param: it cannot be changed later).
+
+    `gem3d audit SYNTH --expected-digest <lineage_digest>` then proves the table against it.
+    """
+    recorded = read_lineage_digest(out)
+    if recorded is None:
+        return None
+    mlflow.log_param("lineage_digest", recorded["table_digest"])
+    mlflow.log_artifact(str(out / LINEAGE_DIGEST), artifact_path="lineage")
+    return recorded["table_digest"]
+
+
 def run_synthesis(step: str, plans: Sequence[SynthesisPlan], context: SynthesisContext, out: str | Path) -> dict:
-    """Fan out, rebuild the lineage table, and record the step in MLflow (counts, lineage table)."""
+    """Fan out, rebuild the lineage table, and record the step in MLflow (counts, lineage table and digest)."""
     out = Path(out).resolve()
     with tracked_run(step, context.workdir, context.config, tags={"gem3d.synthetic_store": str(out)}) as run_id:
         outcome = fan_out_synthesis(plans, context, out)
@@ -159,6 +203,7 @@ def run_synthesis(step: str, plans: Sequence[SynthesisPlan], context: SynthesisC
                 "quarantined": len(outcome["quarantined"]),
             }
         )
+        digest = log_lineage_digest(out)
         if lineage_path.exists():
             mlflow.log_artifact(str(lineage_path), artifact_path="lineage")
-    return outcome | {"mlflow_run_id": run_id, "out": str(out), "lineage": str(lineage_path)}
+    return outcome | {"mlflow_run_id": run_id, "out": str(out), "lineage": str(lineage_path), "lineage_digest": digest}

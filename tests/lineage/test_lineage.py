@@ -11,19 +11,24 @@ import pytest
 
 from gem3d.errors import MissingFileError
 from gem3d.lineage import (
+    CHAIN_COLUMN,
     REQUIRED_FIELDS,
     CheckpointRef,
     InformedSliceRef,
     LineageRecord,
     SourceFile,
     audit_records,
+    broken_links,
+    changed_fields,
     code_version,
     derive_id,
     format_chain,
     missing_fields,
+    read_lineage_rows,
     read_lineage_table,
     sha256_array,
     sha256_file,
+    table_digest,
     write_lineage_table,
 )
 
@@ -131,6 +136,46 @@ def test_lineage_table_upserts_by_synthetic_id(files, tmp_path):
     assert read[1].seed == 42
 
 
+def test_table_rows_are_chained_in_synthetic_id_order_and_end_with_the_table_digest(files, tmp_path):
+    table = tmp_path / "lineage.parquet"
+    records = [_record(files, f"syn-{index:016x}", seed=index) for index in (2, 0, 1)]
+    digest = write_lineage_table(records, table)
+    rows = read_lineage_rows(table)
+    assert [row["synthetic_id"] for row in rows] == sorted(record.synthetic_id for record in records)
+    assert rows[-1][CHAIN_COLUMN] == digest == table_digest(rows)
+    assert broken_links(rows) == []
+    assert write_lineage_table(list(reversed(records)), tmp_path / "again.parquet") == digest
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("seed", 99), ("created_at", "2020-01-01T00:00:00+00:00"), ("sampler", '{"steps": 1}'), ("git_dirty", True)],
+)
+def test_any_edited_field_breaks_exactly_its_rows_link_and_the_table_digest(files, tmp_path, field, value):
+    table = tmp_path / "lineage.parquet"
+    digest = write_lineage_table([_record(files, f"syn-{index:016x}", seed=index) for index in range(3)], table)
+    rows = read_lineage_rows(table)
+    rows[1][field] = value
+    assert broken_links(rows) == [rows[1]["synthetic_id"]]
+    assert table_digest(rows) != digest
+
+
+def test_a_removed_row_breaks_the_link_of_the_row_after_it(files, tmp_path):
+    table = tmp_path / "lineage.parquet"
+    digest = write_lineage_table([_record(files, f"syn-{index:016x}") for index in range(3)], table)
+    rows = read_lineage_rows(table)
+    assert broken_links([rows[0], rows[2]]) == [rows[2]["synthetic_id"]]
+    assert table_digest(rows[:2]) != digest
+
+
+def test_changed_fields_names_the_leaves_that_differ():
+    before = {"seed": 1, "sampler": {"steps": 3, "eta": 1.0}, "checkpoints": [{"sha256": "a"}], "flow_run_id": None}
+    after = {"seed": 1, "sampler": {"steps": 4, "eta": 1.0}, "checkpoints": [{"sha256": "b"}], "extra": 0}
+    assert changed_fields(before, after) == ["checkpoints[0].sha256", "extra", "flow_run_id", "sampler.steps"]
+    assert changed_fields(before, before) == []
+    assert changed_fields({"seed": 1}, {"seed": True}) == ["seed"]
+
+
 def test_reading_a_missing_table_names_the_file(tmp_path):
     with pytest.raises(MissingFileError, match="lineage.parquet"):
         read_lineage_table(tmp_path / "lineage.parquet")
@@ -167,7 +212,7 @@ def test_audit_catches_one_flipped_byte(files, role):
     expected = sha256_file(files[role])
     _flip_one_byte(files[role])
     (problem,) = audit_records([record])
-    assert (problem.synthetic_id, problem.path, problem.problem) == (record.synthetic_id, str(files[role]), "changed")
+    assert (problem.synthetic_id, problem.path, problem.kind) == (record.synthetic_id, str(files[role]), "changed_file")
     assert problem.expected == expected and problem.actual == sha256_file(files[role])
 
 
@@ -175,9 +220,9 @@ def test_audit_catches_a_deleted_file_in_every_record(files):
     records = [_record(files), _record(files, "syn-2")]
     files["label"].unlink()
     problems = audit_records(records)
-    assert [(p.synthetic_id, p.problem, p.actual) for p in problems] == [
-        (records[0].synthetic_id, "missing", None),
-        ("syn-2", "missing", None),
+    assert [(p.synthetic_id, p.kind, p.actual) for p in problems] == [
+        (records[0].synthetic_id, "missing_file", None),
+        ("syn-2", "missing_file", None),
     ]
 
 

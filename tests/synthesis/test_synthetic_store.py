@@ -12,13 +12,14 @@ import gem3d.synthetic_store as synthetic_store
 from data_contracts import synthetic_contract
 from gem3d.config import SyntheticContractConfig, config_hash
 from gem3d.errors import StoreError
-from gem3d.lineage import read_lineage_table
+from gem3d.lineage import DIGESTS_ATTRIBUTE, attribute_digests, read_lineage_rows, read_lineage_table, sha256_array
 from gem3d.store import read_manifest, staging_dir
 from gem3d.synthesis import SyntheticVolume, load_models, plan_enhancement, synthesize
 from gem3d.synthetic_store import (
     LINEAGE,
     list_synthetic,
     quarantine,
+    read_lineage_digest,
     read_synthetic,
     rebuild_lineage_table,
     synthetic_attributes,
@@ -51,11 +52,18 @@ def test_volumes_are_published_with_mask_and_lineage_and_reruns_skip_them(tmp_pa
         image, label, record = read_synthetic(target, volume.plan.synthetic_id)
         np.testing.assert_array_equal(image, volume.image)
         np.testing.assert_array_equal(label, volume.mask)
-        assert record == volume.lineage.model_copy(update={"flow_run_id": "run-1"})
+        hashes = {"image_sha256": sha256_array(image), "mask_sha256": sha256_array(label)}
+        assert record == volume.lineage.model_copy(update={"flow_run_id": "run-1", **hashes})
         attributes = synthetic_attributes(target, volume.plan.synthetic_id)
         assert attributes["source_case_id"] == volume.plan.source_case_id
         assert attributes["plan"]["synthetic_id"] == volume.plan.synthetic_id
-    assert {record.synthetic_id for record in read_lineage_table(rebuild_lineage_table(target))} == set(ids)
+        assert attributes[DIGESTS_ATTRIBUTE] == attribute_digests(attributes)
+    table = rebuild_lineage_table(target)
+    assert {record.synthetic_id for record in read_lineage_table(table)} == set(ids)
+    assert read_lineage_digest(target) == read_lineage_digest(target) | {
+        "table_digest": read_lineage_rows(table)[-1]["chain_sha256"],
+        "records": len(ids),
+    }
     assert list(staging_dir(target).iterdir()) == []
     stamp = (target / "cases" / ids[0] / "image" / "zarr.json").stat().st_mtime_ns
     assert write_synthetic(target, volumes) == []
