@@ -20,6 +20,7 @@ from gem3d.lineage import provenance
 from gem3d.report import evaluation_report_inputs, render_report
 from gem3d.store import write_json_atomic
 from gem3d.views import save_png
+from tasks.progress import ProgressReporter
 from tasks.synthesis import run_synthesis, synthesis_context
 from tasks.tracking import tracked_run
 
@@ -52,7 +53,17 @@ def evaluate_flow(
         context = synthesis_context(str(store_path), arm.config, str(workdir_path), arm.role)
         run_synthesis(arm.step, arm.plans, context, evaluation_store)
 
-    result = evaluate(store_path, synthetic_path, config, models_dir, evaluation_store, regenerate, feature_extractor)
+    with ProgressReporter("evaluation", 1, "phases") as progress:
+        result = evaluate(
+            store_path,
+            synthetic_path,
+            config,
+            models_dir,
+            evaluation_store,
+            regenerate,
+            feature_extractor,
+            lambda done, total, phase: progress.update(done, status=phase, total=total),
+        )
     logger.info(result.selection_note())
 
     origin = provenance(config)

@@ -13,6 +13,7 @@ from gem3d.config import Config, section_hash
 from gem3d.lineage import derive_id
 from gem3d.store import manifest_digest, read_manifest, write_json_atomic
 from gem3d.training import train_stage
+from tasks.progress import ProgressReporter
 from tasks.tracking import tracked_run
 
 TRAINING_SECTIONS = ("data", "autoencoder", "denoiser", "diffusion", "train")
@@ -49,15 +50,18 @@ def _previous_result(bundle: Path, key: str) -> dict | None:
     return summary if summary and summary.get("training_key") == key else None
 
 
-def _throttled_logger(total_steps: int):
-    """Log step metrics about METRIC_POINTS times per stage (every step for short runs), final values always."""
+def _step_reporter(total_steps: int, progress: ProgressReporter):
+    """Per step: progress (step, loss) to whoever watches, and metrics to MLflow about METRIC_POINTS times per
+    stage (every step for short runs), final values always."""
     every = max(1, total_steps // METRIC_POINTS)
 
-    def log(step: int, metrics: dict) -> None:
+    def report(step: int, metrics: dict) -> None:
+        if "loss" in metrics:
+            progress.update(step, loss=float(metrics["loss"]))
         if step % every == 0 or step >= total_steps or "loss" not in metrics:
             mlflow.log_metrics({name: float(value) for name, value in metrics.items()}, step=step)
 
-    return log
+    return report
 
 
 def _stage_steps(config: Config, stage: str) -> int:
@@ -99,15 +103,17 @@ def train_stage_task(
             manifest, source=str(store), name="store-manifest", digest=manifest_digest(store)[:16]
         )
         mlflow.log_input(dataset, context="training")
-        result = train_stage(
-            stage,
-            config,
-            store,
-            models_dir,
-            resume=resume,
-            init_from=init_from,
-            on_metrics=_throttled_logger(_stage_steps(config, stage)),
-        )
+        total_steps = _stage_steps(config, stage)
+        with ProgressReporter(f"training {stage}", total_steps) as progress:
+            result = train_stage(
+                stage,
+                config,
+                store,
+                models_dir,
+                resume=resume,
+                init_from=init_from,
+                on_metrics=_step_reporter(total_steps, progress),
+            )
         mlflow.log_metrics(
             {
                 "final_loss": result.final_loss,

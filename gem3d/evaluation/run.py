@@ -51,6 +51,7 @@ class RegenerationArm:
 
 
 Regenerate = Callable[[RegenerationArm], None]
+Progress = Callable[[int, int, str], None]
 """Publishes an arm's plans into the evaluation store (the caller's job: e.g. Prefect synthesis tasks)."""
 
 
@@ -186,6 +187,22 @@ def _score_setting(
         scores.add_variants(variants)
 
 
+class _Phases:
+    """The evaluation's phases, announced to a progress callback as they start."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total, self.done, self.progress = total, -1, progress
+
+    def start(self, phase: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, phase)
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress(self.total, self.total, "done")
+
+
 def _lineage_entries(synthetic: Path, volumes: list[StoredSynthetic], count: int) -> list[LineageEntry]:
     entries = []
     for volume in volumes[:count]:
@@ -202,6 +219,7 @@ def evaluate(
     evaluation_store: str | Path | None = None,
     regenerate: Regenerate | None = None,
     feature_extractor: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> EvaluationResult:
     """Evaluate the current synthetic volumes of `synthetic` against the real store `store`.
 
@@ -209,8 +227,12 @@ def evaluate(
     other train and val cases. With `regenerate`, the test cases are first regenerated into `evaluation_store`
     (GEM-3D, no overlapped inpainting, baseline) and scored for fidelity. Volumes of `synthetic` not made by
     the current bundles in `models_dir` with the current sampler settings are left out and counted.
+    `progress(done, total, phase)` is called as each phase starts and once at the end.
     """
     store, synthetic, models_dir = Path(store), Path(synthetic), Path(models_dir)
+    selection = select_current(synthetic, CurrentGeneration.of(models_dir, config))
+    settings = _setting_order(selection.current)
+    phases = _Phases(2 * (regenerate is not None) + 2 + len(settings) + 1, progress)
     test_ids = store_cases_of_split(store, "test") or store_cases_of_split(store, "val")
     train_ids = [case for case in store_cases_of_split(store, "train", "val") if case not in test_ids]
     labels = store_attributes(store).get("labels", {})
@@ -222,15 +244,19 @@ def evaluate(
         if evaluation_store is None:
             raise ValueError("regenerating test cases needs an evaluation store to write them to")
         arms = regeneration_arms(store, test_ids, config, models_dir)
+        phases.start("regenerating the test cases")
         for arm in arms:
             regenerate(arm)
+        phases.start("scoring the regenerated test cases")
         summaries += _score_test_arms(store, Path(evaluation_store), arms, figures)
 
+    phases.start("training the feature network")
     extractor = _extractor(store, train_ids, num_classes, config, feature_extractor)
+    phases.start("features of the real cases")
     real = _real_features(store, extractor, test_ids, train_ids, config.seed)
-    selection = select_current(synthetic, CurrentGeneration.of(models_dir, config))
     ordered: list[StoredSynthetic] = []
-    for setting in _setting_order(selection.current):
+    for setting in settings:
+        phases.start(f"scoring setting {setting}")
         # grouped by source mask, the order they are scored in
         volumes = sorted((v for v in selection.current if v.setting == setting), key=lambda v: v.source_case_id)
         scores = SettingScores(setting, FeatureStream(extractor, setting, config.seed))
@@ -243,6 +269,7 @@ def evaluate(
     splits = dict(zip(*(read_manifest(store)[column].astype(str) for column in ("case_id", "split")), strict=True))
     used = [v for v in ordered if usable_for_training(v.source_case_ids, splits, train_ids)]
     dice_rows = []
+    phases.start("segmentation: real vs real + synthetic")
     if used:
         dice_rows = compare_real_vs_augmented(
             StoredVolumes(store, tuple(train_ids)),
@@ -254,6 +281,7 @@ def evaluate(
             config.evaluation.scarce_fraction,
             [{train_ids.index(case) for case in volume.source_case_ids} for volume in used],
         )
+    phases.finish()
     return EvaluationResult(
         settings=summaries,
         feature_description=extractor.describe(),

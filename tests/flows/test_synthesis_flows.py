@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -61,9 +62,11 @@ def test_audit_catches_one_flipped_byte(micro_run, tmp_path, target):
     shutil.copy2(path, backup)
     try:
         _flip_byte(path)
-        outcome = runner.invoke(app, ["audit", synthetic])
+        outcome = runner.invoke(app, ["audit", synthetic, "--json"])
         assert outcome.exit_code == 1
-        assert "changed" in outcome.output and path.name in outcome.output.replace("\n", "")
+        problems = json.loads(outcome.output)["problems"]
+        assert {problem["kind"] for problem in problems} == {"changed_file"}
+        assert {Path(problem["path"]).name for problem in problems} == {path.name}
     finally:
         shutil.copy2(backup, path)
 
