@@ -171,7 +171,10 @@ def _now() -> str:
 
 class LineageRecord(BaseModel):
     """Everything needed to trace (and re-make) one synthetic volume; check completeness with
-    `missing_fields`. `flow_run_id` is None outside Prefect; `git_dirty` is None when unknown.
+    `missing_fields`. `flow_run_id` (the flow run that sampled the volume) is None outside Prefect;
+    `root_flow_run_id` is the outermost flow run above it (the pipeline run, or the flow run itself when it
+    has no parent) and `deployment_id` the deployment that started that root run (None outside a deployment),
+    so a volume leads back to the scheduled run that made it. `git_dirty` is None when unknown.
     `image_sha256` and `mask_sha256` (`sha256_array` of the published arrays) are filled at publication."""
 
     model_config = ConfigDict(extra="forbid")
@@ -192,6 +195,8 @@ class LineageRecord(BaseModel):
     seed: int | None = None
     created_at: str = Field(default_factory=_now)
     flow_run_id: str | None = None
+    root_flow_run_id: str | None = None
+    deployment_id: str | None = None
     image_sha256: str | None = None
     mask_sha256: str | None = None
 
@@ -222,8 +227,9 @@ REQUIRED_FIELDS: tuple[str, ...] = (
     "created_at",
 )
 """Fields that must be present: None, "" and empty containers count as missing (0 does not).
-`mask_edits` may be empty (no edits), `flow_run_id` and `git_dirty` may be None. The volume hashes are filled
-at publication, after the contract that checks completeness; the audit requires them."""
+`mask_edits` may be empty (no edits); `flow_run_id`, `root_flow_run_id`, `deployment_id` and `git_dirty` may be
+None. The volume hashes are filled at publication, after the contract that checks completeness; the audit
+requires them."""
 
 
 def _blank(value: Any) -> bool:
