@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,18 @@ from gem3d.errors import InputError
 if TYPE_CHECKING:
     from gem3d.lineage import AuditReport
 
-app = typer.Typer(help="GEM-3D generative enhancement for 3D medical images.", no_args_is_help=True)
+
+class SupervisedTyper(typer.Typer):
+    """Run as the `gem3d` program, the command works in a supervised child process group, so Prefect's
+    temporary API server and any local worker processes never outlive it (`tasks.supervisor`)."""
+
+    def __call__(self, *args, **kwargs):
+        from tasks.supervisor import supervise
+
+        return supervise(functools.partial(super().__call__, *args, **kwargs))
+
+
+app = SupervisedTyper(help="GEM-3D generative enhancement for 3D medical images.", no_args_is_help=True)
 console = Console()
 
 ConfigOption = Annotated[
@@ -53,6 +65,42 @@ def friendly_errors(command: Callable) -> Callable:
         raise typer.Exit(2)
 
     return wrapper
+
+
+def guarded(work_folder: Callable[[dict], Path], shared: bool = False) -> Callable:
+    """Before any work: the MLflow server (when `MLFLOW_TRACKING_URI` names one) must answer and the work
+    folder must be free; its lock is then held for the command's life. Either failure is one line and exit 2.
+
+    `work_folder` maps the command's arguments to its work folder; `shared` lets synthesis commands, which
+    publish under their store's own lock, run side by side (`tasks.locking`).
+    """
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command)
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            from tasks.locking import WorkFolderBusy, work_folder_lock
+            from tasks.tracking import TrackingServerUnavailable, check_tracking_server
+
+            arguments = signature.bind(*args, **kwargs)
+            arguments.apply_defaults()
+            try:
+                check_tracking_server()
+                with work_folder_lock(work_folder(arguments.arguments), f"gem3d {command.__name__}", shared):
+                    return command(*args, **kwargs)
+            except (TrackingServerUnavailable, WorkFolderBusy) as error:
+                console.print(f"[red]error[/red] {error}", soft_wrap=True, highlight=False)
+                raise typer.Exit(2) from None
+
+        return wrapper
+
+    return decorate
+
+
+def _workdir_or_store_parent(arguments: dict) -> Path:
+    """The work folder a store command uses: `--workdir`, else the store's parent (as its flow resolves it)."""
+    return arguments["workdir"] or arguments["store"].parent
 
 
 def _is_expected_failure(record: logging.LogRecord) -> bool:
@@ -116,6 +164,7 @@ def phantoms(
 
 @app.command()
 @friendly_errors
+@guarded(_workdir_or_store_parent)
 def preprocess(
     dataset: Annotated[Path, typer.Option("--dataset", help="MSD, nnU-Net v2 raw, or image/label pairs folder")],
     store: Annotated[Path, typer.Option("--store", help="Zarr store to create or update")],
@@ -230,6 +279,7 @@ WorkdirOption = Annotated[Path | None, typer.Option("--workdir", help="where mod
 
 @app.command()
 @friendly_errors
+@guarded(_workdir_or_store_parent, shared=True)
 def enhance(
     store: StoreOption,
     out: OutOption,
@@ -252,6 +302,7 @@ def enhance(
 
 @app.command()
 @friendly_errors
+@guarded(_workdir_or_store_parent, shared=True)
 def counterfactual(
     store: StoreOption,
     out: OutOption,
@@ -273,6 +324,7 @@ def counterfactual(
 
 @app.command()
 @friendly_errors
+@guarded(_workdir_or_store_parent, shared=True)
 def deenhance(
     store: StoreOption,
     out: OutOption,
@@ -301,6 +353,7 @@ def deenhance(
 
 @app.command()
 @friendly_errors
+@guarded(_workdir_or_store_parent)
 def evaluate(
     store: StoreOption,
     synthetic: Annotated[Path, typer.Option("--synthetic", help="synthetic store to evaluate")],
@@ -437,6 +490,7 @@ def reproduce(
 
 @app.command()
 @friendly_errors
+@guarded(_workdir_or_store_parent)
 def train(
     store: Annotated[Path, typer.Option("--store", help="Zarr store written by `gem3d preprocess`")],
     stage: Annotated[str, typer.Option("--stage", help="1, 2, slicegen, baseline, autoencoder or all")] = "all",
@@ -461,6 +515,7 @@ def train(
 
 @app.command()
 @friendly_errors
+@guarded(lambda arguments: arguments["workdir"])
 def run(
     dataset: Annotated[Path | None, typer.Option("--dataset", help="dataset folder; phantoms when absent")] = None,
     config: ConfigOption = None,

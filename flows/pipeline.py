@@ -22,6 +22,7 @@ from flows.train import train_flow
 from gem3d.config import config_hash, load_config
 from gem3d.io.phantoms import write_phantom_dataset
 from gem3d.splits import store_cases_of_split
+from tasks.locking import work_folder_lock
 from tasks.runners import make_task_runner
 from tasks.tracking import tracked_run, tracking_uri
 
@@ -41,7 +42,21 @@ def pipeline_flow(
     """Run every step on `dataset` (built-in brain phantoms when None) under `workdir`.
 
     Fan-out steps (preprocessing, sampling) run on Dask: a local cluster of `workers`, or `dask_address`.
+    The work folder's lock is held throughout: a second run on the same folder stops at once (`tasks.locking`).
     """
+    with work_folder_lock(workdir, "gem3d-pipeline"):
+        return _pipeline_steps(dataset, config_path, workdir, dask_address, workers, phantom_cases)
+
+
+def _pipeline_steps(
+    dataset: str | None,
+    config_path: str | None,
+    workdir: str,
+    dask_address: str | None,
+    workers: int,
+    phantom_cases: int,
+) -> dict:
+    """The steps of `pipeline_flow`, in order, while it holds the work folder."""
     config = load_config(config_path)
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)

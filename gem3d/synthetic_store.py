@@ -21,7 +21,9 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +59,7 @@ from gem3d.lineage import (
 from gem3d.store import (
     CASES,
     QUARANTINE,
+    clear_staging,
     discard_staged,
     init_store,
     publish_case,
@@ -70,6 +73,40 @@ if TYPE_CHECKING:
 
 LINEAGE = "lineage.parquet"
 LINEAGE_DIGEST = "lineage.digest.json"
+PUBLICATION_LOCK = "publication.lock"
+WRITERS_LOCK = "writers.lock"
+
+
+def _lock_file(store: Path, name: str) -> Path:
+    """A lock file in the store's `.NAME.locks` sibling: on the store's file system, outside the Zarr tree and
+    the staging folder (which holds only what is being staged)."""
+    folder = store.parent / f".{store.name}.locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+@contextmanager
+def publication_lock(store: str | Path) -> Iterator[None]:
+    """Hold the store's publication lock: one publication or lineage-table rebuild at a time, across the
+    threads, processes and machines (on a shared file system) writing the same synthetic store."""
+    with open(_lock_file(Path(store), PUBLICATION_LOCK), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def synthetic_writer(store: str | Path) -> Iterator[None]:
+    """Be one of the store's writers for the block (a shared lock); clear staging leftovers of killed runs
+    first only when no other writer is active, as their staged volumes are not leftovers."""
+    with open(_lock_file(Path(store), WRITERS_LOCK), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            clear_staging(store)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield
 
 
 def synthetic_exists(store: str | Path, synthetic_id: str) -> bool:
@@ -150,11 +187,13 @@ def write_synthetic(
 ) -> list[str]:
     """Publish each volume not yet in the store (staged, checked, sealed, renamed); see `rebuild_lineage_table`.
 
-    Returns the ids written; already published ids are skipped. The record gains the sha256 of the image and
-    mask (checked against the staged arrays read back) and `flow_run_id`; `generation`
+    Returns the ids written; already published ids are skipped, also when another writer of the same store
+    publishes one first (checked again under the publication lock). The record gains the sha256 of the image
+    and mask (checked against the staged arrays read back) and `flow_run_id`; `generation`
     (`gem3d.reproduce.generation_record`) is stored with each volume so it can be regenerated.
     """
-    store = init_store(store, {"kind": "synthetic"})
+    with publication_lock(store):
+        store = init_store(store, {"kind": "synthetic"})
     written = []
     for volume in volumes:
         synthetic_id = volume.plan.synthetic_id
@@ -176,7 +215,11 @@ def write_synthetic(
         except BaseException:
             discard_staged(staged)
             raise
-        publish_case(store, synthetic_id, staged)
+        with publication_lock(store):
+            if synthetic_exists(store, synthetic_id):
+                discard_staged(staged)
+                continue
+            publish_case(store, synthetic_id, staged)
         written.append(synthetic_id)
     return written
 
@@ -184,30 +227,42 @@ def write_synthetic(
 def rebuild_lineage_table(store: str | Path, workers: int | None = None) -> Path:
     """Write `lineage.parquet` from the published volumes' attributes (the source of truth), and its digest.
 
-    Done once after a fan-out rather than per batch, so parallel writers never race on the table. Each row
+    Done once after a fan-out rather than per batch, under the publication lock: writers sharing the store
+    (other processes or machines) rebuild one at a time, each after its own publications, so the last table
+    holds every published volume. The new table is written beside the old one and renamed over it. Each row
     keeps the attribute digests its volume recorded at publication; the table digest (last link of the
     chain) goes to `lineage.digest.json` (`read_lineage_digest`) for the audit and MLflow.
     """
     store = Path(store)
+    with publication_lock(store):
+        _rebuild_lineage_table(store, workers)
+    return store / LINEAGE
+
+
+def _rebuild_lineage_table(store: Path, workers: int | None) -> None:
+    """`rebuild_lineage_table` without the lock."""
     ids = list_synthetic(store)
     attributes = run_in_threads({i: functools.partial(synthetic_attributes, store, i) for i in ids}, workers)
     records = [LineageRecord.model_validate(attributes[i]["lineage"]) for i in ids]
     path, digest_path = store / LINEAGE, store / LINEAGE_DIGEST
-    path.unlink(missing_ok=True)
-    digest_path.unlink(missing_ok=True)
-    if records:
-        digest = write_lineage_table(records, path, {i: attributes[i].get(DIGESTS_ATTRIBUTE) for i in ids})
-        write_json_atomic(
-            digest_path,
-            {
-                "table": LINEAGE,
-                "table_digest": digest,
-                "records": len(records),
-                "chain": "sha256(previous digest + newline + row canonical JSON), rows by synthetic_id",
-                "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            },
-        )
-    return path
+    if not records:
+        path.unlink(missing_ok=True)
+        digest_path.unlink(missing_ok=True)
+        return
+    fresh = store / f".{LINEAGE}.rebuild"
+    fresh.unlink(missing_ok=True)
+    digest = write_lineage_table(records, fresh, {i: attributes[i].get(DIGESTS_ATTRIBUTE) for i in ids})
+    os.replace(fresh, path)
+    write_json_atomic(
+        digest_path,
+        {
+            "table": LINEAGE,
+            "table_digest": digest,
+            "records": len(records),
+            "chain": "sha256(previous digest + newline + row canonical JSON), rows by synthetic_id",
+            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
 
 
 def read_lineage_digest(store: str | Path) -> dict | None:

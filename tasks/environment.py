@@ -22,6 +22,11 @@ OFFLINE_DEFAULTS = {
     "GX_ANALYTICS_ENABLED": "False",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # A tracking server that goes away mid-run fails the step within seconds when refused (two minutes at most
+    # when nothing answers), not after MLflow's default seven retries with doubling back-off (minutes per call).
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "DO_NOT_TRACK": "1",
     "TQDM_DISABLE": "1",
     "DASK_LOGGING__DISTRIBUTED": "warning",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -20,8 +20,7 @@ from gem3d.checkpoints import SPEC_FILE, read_bundle_meta
 from gem3d.config import Config, config_hash, load_config
 from gem3d.label_intensity import real_label_mean_ranges
 from gem3d.reproduce import generation_record
-from gem3d.store import clear_staging
-from gem3d.synthesis import LoadedModels, SynthesisPlan, load_models, synthesize
+from gem3d.synthesis import LoadedModels, SynthesisPlan, SyntheticVolume, load_models, synthesize
 from gem3d.synthetic_store import (
     LINEAGE_DIGEST,
     quarantine,
@@ -29,6 +28,7 @@ from gem3d.synthetic_store import (
     rebuild_lineage_table,
     synthetic_exists,
     synthetic_row,
+    synthetic_writer,
     write_synthetic,
 )
 from tasks.runners import share_torch_threads
@@ -102,6 +102,21 @@ def cached_models(models_dir: Path, role: str, config: Config, weights_sha256: s
         return _loaded[key]
 
 
+def flow_run_origin() -> dict[str, str | None]:
+    """The root flow run above the current one (itself when it has no parent) and the deployment that started
+    it (None outside a deployment), so each published volume leads back to the scheduled run that made it."""
+    root, deployment = runtime.flow_run.root_flow_run_id, runtime.deployment.id
+    return {
+        "root_flow_run_id": None if root is None else str(root),
+        "deployment_id": None if deployment is None else str(deployment),
+    }
+
+
+def with_origin(volume: SyntheticVolume, origin: dict[str, str | None]) -> SyntheticVolume:
+    """The volume with its lineage record naming the root flow run and deployment of `origin`."""
+    return replace(volume, lineage=volume.lineage.model_copy(update=origin))
+
+
 @task(
     name="synthesize-batch",
     task_run_name="synthesize-{plans[0].synthetic_id}+{batch_size}",
@@ -136,9 +151,10 @@ def synthesize_batch_task(
     for failure in result.failures:
         if failure.get("case_id") in failed:
             quarantine(out, failure["case_id"], failure["reason"])
+    origin = flow_run_origin()
     written = write_synthetic(
         out,
-        [v for v in volumes if v.plan.synthetic_id not in failed],
+        [with_origin(v, origin) for v in volumes if v.plan.synthetic_id not in failed],
         flow_run_id=str(runtime.flow_run.id),
         generation=generation_record(config, store, models_dir, role),
     )
@@ -150,13 +166,14 @@ def synthesize_batch_task(
 def fan_out_synthesis(plans: Sequence[SynthesisPlan], context: SynthesisContext, out: Path) -> dict:
     """Map the batch task over the plans not yet published; a rerun after a crash does only what is missing.
 
-    Leftovers of a killed run's staging area are removed first (one writer per synthetic store at a time).
+    Several writers (processes, machines) may share `out`: each registers as one, and leftovers of a killed
+    run's staging area are removed only by a writer that finds itself alone (`synthetic_writer`); a volume
+    another writer publishes first is skipped at publication.
     """
-    clear_staging(out)
     todo = [plan for plan in plans if not synthetic_exists(out, plan.synthetic_id)]
     size = context.config.sampling.volumes_per_batch
     batches = [todo[first : first + size] for first in range(0, len(todo), size)]
-    with share_torch_threads():
+    with synthetic_writer(out), share_torch_threads():
         futures = synthesize_batch_task.map(
             batches,
             [len(batch) for batch in batches],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +16,18 @@ from gem3d.lineage import provenance
 
 EXPERIMENT = "gem3d"
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+HEALTH_TIMEOUT_SECONDS = 5.0
+
+
+class TrackingServerUnavailable(RuntimeError):
+    """The MLflow tracking server named by `MLFLOW_TRACKING_URI` does not answer."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        self.uri = uri
+        super().__init__(
+            f"MLflow tracking server {uri} does not answer ({reason}); start it, or unset MLFLOW_TRACKING_URI "
+            "to track into the work folder"
+        )
 
 
 def tracking_uri(workdir: str | Path) -> str:
@@ -24,11 +38,32 @@ def tracking_uri(workdir: str | Path) -> str:
     return USER_TRACKING_URI or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
 
 
+def check_tracking_server(uri: str | None = USER_TRACKING_URI, timeout: float = HEALTH_TIMEOUT_SECONDS) -> None:
+    """For an http(s) tracking URI, ask the server's `/health` within `timeout` seconds; raise
+    `TrackingServerUnavailable` when nothing answers (or a proxy says the server behind it is down).
+
+    Called before any work: MLflow's own client retries for minutes and only once work is done.
+    """
+    if not uri or not uri.lower().startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError as error:
+        if error.code < 500:  # it answers (an auth proxy, say): MLflow's client takes it from here
+            return
+        reason = f"HTTP {error.code} {error.reason}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = str(getattr(error, "reason", error))
+    raise TrackingServerUnavailable(uri, reason)
+
+
 def use_tracking(workdir: str | Path) -> str:
     """Point MLflow at the work directory's store and make sure the experiment exists there."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(workdir)
+    check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=(workdir / "mlartifacts").as_uri())
