@@ -37,6 +37,17 @@ class SupervisedTyper(typer.Typer):
 app = SupervisedTyper(help="GEM-3D generative enhancement for 3D medical images.", no_args_is_help=True)
 console = Console()
 
+
+@app.callback()
+def show_progress() -> None:
+    """Every command shows gem3d's own log lines (pipeline steps, progress off a terminal) on the console."""
+    logger = logging.getLogger("gem3d")
+    if not any(isinstance(handler, RichHandler) for handler in logger.handlers):
+        logger.addHandler(RichHandler(console=console, show_path=False, show_level=False, markup=False))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 ConfigOption = Annotated[
     str | None, typer.Option("--config", help="YAML config file or preset name (tiny, paper); default tiny")
 ]
@@ -528,15 +539,7 @@ def run(
     """Run the whole pipeline (built-in brain phantoms and the tiny preset by default)."""
     from flows.pipeline import run_pipeline
 
-    handler = RichHandler(console=console, show_path=False, show_level=False, markup=False)
-    logger = logging.getLogger("gem3d")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        summary = run_pipeline(str(dataset) if dataset else None, config, str(workdir), dask_address, workers)
-    finally:
-        logger.removeHandler(handler)
+    summary = run_pipeline(str(dataset) if dataset else None, config, str(workdir), dask_address, workers)
     table = Table(title="gem3d run", show_header=False)
     for key, value in summary.items():
         if isinstance(value, dict):

@@ -32,7 +32,7 @@ from gem3d.store import (
 )
 from tasks.preprocessing import discover_dataset_task, process_case_task
 from tasks.runners import make_task_runner, share_torch_threads
-from tasks.tracking import tracked_run
+from tasks.tracking import tracked_run, use_tracking
 
 
 def _quarantine_records(outcomes, layout_problems, contract_failures: dict[str, list[str]]) -> list[dict]:
@@ -76,6 +76,7 @@ def preprocess_flow(
     config = load_config(config_path)
     store_path = Path(store).resolve()
     workdir_path = Path(workdir).resolve() if workdir else store_path.parent
+    use_tracking(workdir_path)  # a tracking server that is down stops the flow now, not after the work
     data_hash = section_hash(config, "data")
     info = discover_dataset_task(dataset, channel if channel is not None else config.data.channel)
     declared = declared_label_values(info)

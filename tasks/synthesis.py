@@ -14,6 +14,7 @@ import mlflow
 import pandas as pd
 from prefect import get_run_logger, runtime, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 
 from data_contracts import synthetic_contract
 from gem3d.checkpoints import SPEC_FILE, read_bundle_meta
@@ -31,6 +32,7 @@ from gem3d.synthetic_store import (
     synthetic_writer,
     write_synthetic,
 )
+from tasks.progress import ProgressReporter
 from tasks.runners import share_torch_threads
 from tasks.tracking import tracked_run
 
@@ -163,7 +165,9 @@ def synthesize_batch_task(
     return {"written": written, "quarantined": quarantined}
 
 
-def fan_out_synthesis(plans: Sequence[SynthesisPlan], context: SynthesisContext, out: Path) -> dict:
+def fan_out_synthesis(
+    plans: Sequence[SynthesisPlan], context: SynthesisContext, out: Path, step: str = "synthesis"
+) -> dict:
     """Map the batch task over the plans not yet published; a rerun after a crash does only what is missing.
 
     Several writers (processes, machines) may share `out`: each registers as one, and leftovers of a killed
@@ -184,13 +188,25 @@ def fan_out_synthesis(plans: Sequence[SynthesisPlan], context: SynthesisContext,
             unmapped(context.config),
             unmapped(out),
         )
-        outcomes = [future.result() for future in futures]
+        outcomes = _results_with_progress(futures, batches, f"sampling {step}")
     return {
         "planned": len(plans),
         "skipped": len(plans) - len(todo),
         "written": [i for outcome in outcomes for i in outcome["written"]],
         "quarantined": [q for outcome in outcomes for q in outcome["quarantined"]],
     }
+
+
+def _results_with_progress(futures: list, batches: list[list[SynthesisPlan]], description: str) -> list[dict]:
+    """The batch results in batch order, reporting volumes done as batches finish in whatever order they do."""
+    results: dict[int, dict] = {}
+    index_of = {id(future): index for index, future in enumerate(futures)}
+    with ProgressReporter(description, sum(len(batch) for batch in batches), "volumes") as progress:
+        for future in as_completed(futures):
+            index = index_of[id(future)]
+            results[index] = future.result()
+            progress.update(sum(len(batches[done]) for done in results))
+    return [results[index] for index in range(len(futures))]
 
 
 def log_lineage_digest(out: Path) -> str | None:
@@ -210,7 +226,7 @@ def run_synthesis(step: str, plans: Sequence[SynthesisPlan], context: SynthesisC
     """Fan out, rebuild the lineage table, and record the step in MLflow (counts, lineage table and digest)."""
     out = Path(out).resolve()
     with tracked_run(step, context.workdir, context.config, tags={"gem3d.synthetic_store": str(out)}) as run_id:
-        outcome = fan_out_synthesis(plans, context, out)
+        outcome = fan_out_synthesis(plans, context, out, step)
         lineage_path = rebuild_lineage_table(out)
         mlflow.log_metrics(
             {

@@ -59,14 +59,19 @@ def check_tracking_server(uri: str | None = USER_TRACKING_URI, timeout: float = 
 
 
 def use_tracking(workdir: str | Path) -> str:
-    """Point MLflow at the work directory's store and make sure the experiment exists there."""
+    """Point MLflow at the work directory's store (or the user's server) and make sure the experiment exists.
+
+    A local store keeps artefacts in the work folder; a tracking server keeps them where the server says (its
+    artifact store, served over HTTP), so that every machine of a team can read them back.
+    """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(workdir)
     check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        mlflow.create_experiment(EXPERIMENT, artifact_location=(workdir / "mlartifacts").as_uri())
+        served = uri.lower().startswith(("http://", "https://"))
+        mlflow.create_experiment(EXPERIMENT, artifact_location=None if served else (workdir / "mlartifacts").as_uri())
     mlflow.set_experiment(EXPERIMENT)
     return uri
 

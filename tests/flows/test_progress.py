@@ -15,6 +15,12 @@ from tasks import progress as progress_module
 from tasks.progress import ProgressReporter
 
 
+@pytest.fixture(autouse=True)
+def _gem3d_logs_reach_caplog(monkeypatch):
+    """The CLI stops gem3d's logs at its own console handler; let them reach pytest's capture here."""
+    monkeypatch.setattr(logging.getLogger("gem3d"), "propagate", True)
+
+
 def _progress_lines(caplog) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.name == "gem3d.progress"]
 
@@ -77,6 +83,6 @@ def test_inside_a_prefect_run_a_progress_artifact_reaches_the_server(prefect_har
 
 
 def test_the_pipeline_reported_training_and_evaluation_progress_to_prefect(micro_run):
-    for key in ("training-stage1", "training-stage2", "evaluation"):
+    for key in ("training-stage1", "training-stage2", "sampling-enhance-ic", "evaluation"):
         progress = _artifact_progress(key)
         assert progress and all(value == pytest.approx(100.0) for value in progress), key
