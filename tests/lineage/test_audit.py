@@ -253,6 +253,7 @@ def test_the_published_digest_is_logged_to_mlflow(tmp_path):
 
     synthetic, _, _ = _store(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("audit-digest")  # not an experiment id remembered from another store
     with mlflow.start_run() as run:
         logged = log_lineage_digest(synthetic)
     params = mlflow.get_run(run.info.run_id).data.params

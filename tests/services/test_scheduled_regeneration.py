@@ -288,8 +288,11 @@ def test_the_run_is_tracked_on_the_mlflow_server_with_its_artifacts_served_throu
     assert first.data.metrics, "the evaluation's metrics on the pipeline run"
     assert len(tracking.get_metric_history(steps["train-stage1"].info.run_id, "loss")) > 1
     for stage in STAGES:
-        [version] = tracking.search_model_versions(f"name='gem3d-{stage}'")
-        assert version.run_id == steps[f"train-{stage}"].info.run_id, f"gem3d-{stage} comes from its training run"
+        # the server is shared with other service tests, which register their own versions
+        versions = tracking.search_model_versions(f"name='gem3d-{stage}'")
+        assert steps[f"train-{stage}"].info.run_id in {version.run_id for version in versions}, (
+            f"gem3d-{stage} has a version from this pipeline's training run"
+        )
 
     evaluate = steps["evaluate"].info.run_id
     assert "report/report.html" in [item.path for item in tracking.list_artifacts(evaluate, "report")]
