@@ -94,3 +94,38 @@ def write_pairs_dataset(root: Path, cases: int = 3, seed: int = 0) -> Path:
         save(image, lps_affine(), root / "images" / f"case_{index:03d}.nii.gz")
         save(label, lps_affine(), root / "labels" / f"case_{index:03d}.nii.gz")
     return root
+
+
+def recorded_synthetic_volume(
+    index: int, files: dict[str, Path], setting: str = "icma", shape: tuple[int, int, int] = (8, 16, 16)
+):
+    """A small random synthetic volume whose plan and lineage record name `files` ("image", "label" sources and
+    a "stage2" checkpoint): content and record follow from `index` alone, so separate writers build it alike."""
+    from gem3d.lineage import CheckpointRef, LineageRecord, SourceFile, sha256_array, sha256_file
+    from gem3d.synthesis import SynthesisPlan, SyntheticVolume
+
+    rng = np.random.default_rng(index)
+    image = rng.uniform(-1, 1, shape).astype(np.float32)
+    mask = (rng.random(shape) > 0.7).astype(np.uint8)
+    plan = SynthesisPlan.create(
+        source_case_id="case_0",
+        source_mask_sha256=sha256_array(mask),
+        setting=setting,
+        variant=index,
+        seed=index,
+        start_slice=0,
+        informed={"mode": "chosen", "case_id": "case_0", "slice_index": 0},
+        checkpoint_sha256=sha256_file(files["stage2"]),
+        config_hash="0123456789abcdef",
+    )
+    record = LineageRecord(
+        synthetic_id=plan.synthetic_id,
+        source_case_id="case_0",
+        source_files=[SourceFile(path=str(files[r]), sha256=sha256_file(files[r]), role=r) for r in ("image", "label")],
+        checkpoints=[CheckpointRef(role="stage2", path=str(files["stage2"]), sha256=sha256_file(files["stage2"]))],
+        sampler={"name": "ddim", "steps": 3, "eta": 1.0},
+        start_slice=0,
+        seed=index,
+        created_at="2026-01-01T00:00:00+00:00",
+    )
+    return SyntheticVolume(plan, image, mask, record)

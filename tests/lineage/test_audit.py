@@ -9,7 +9,6 @@ from io import StringIO
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -21,17 +20,11 @@ import flows.cli as cli
 import gem3d.lineage as lineage
 from flows.cli import app
 from gem3d.lineage import (
-    CheckpointRef,
-    LineageRecord,
-    SourceFile,
     read_lineage_rows,
     read_lineage_table,
-    sha256_array,
-    sha256_file,
     write_lineage_table,
 )
 from gem3d.store import CASES
-from gem3d.synthesis import SynthesisPlan, SyntheticVolume
 from gem3d.synthetic_store import (
     LINEAGE,
     audit_synthetic_store,
@@ -39,9 +32,9 @@ from gem3d.synthetic_store import (
     rebuild_lineage_table,
     write_synthetic,
 )
+from tests.builders import recorded_synthetic_volume
 
 runner = CliRunner()
-SHAPE = (8, 16, 16)
 
 
 def _shared_files(root: Path) -> dict[str, Path]:
@@ -57,41 +50,13 @@ def _shared_files(root: Path) -> dict[str, Path]:
     return files
 
 
-def _volume(index: int, files: dict[str, Path]) -> SyntheticVolume:
-    """A small synthetic volume with a complete-enough lineage record naming the shared files."""
-    rng = np.random.default_rng(index)
-    image = rng.uniform(-1, 1, SHAPE).astype(np.float32)
-    mask = (rng.random(SHAPE) > 0.7).astype(np.uint8)
-    plan = SynthesisPlan.create(
-        source_case_id="case_0",
-        source_mask_sha256=sha256_array(mask),
-        setting="icma",
-        variant=index,
-        seed=index,
-        start_slice=0,
-        informed={"mode": "chosen", "case_id": "case_0", "slice_index": 0},
-        checkpoint_sha256=sha256_file(files["stage2"]),
-        config_hash="0123456789abcdef",
-    )
-    record = LineageRecord(
-        synthetic_id=plan.synthetic_id,
-        source_case_id="case_0",
-        source_files=[
-            SourceFile(path=str(files[role]), sha256=sha256_file(files[role]), role=role) for role in ("image", "label")
-        ],
-        checkpoints=[CheckpointRef(role="stage2", path=str(files["stage2"]), sha256=sha256_file(files["stage2"]))],
-        sampler={"name": "ddim", "steps": 3, "eta": 1.0},
-        start_slice=0,
-        seed=index,
-    )
-    return SyntheticVolume(plan, image, mask, record)
-
-
 def _store(root: Path, count: int = 3) -> tuple[Path, list[str], dict[str, Path]]:
     """A published store of `count` volumes with its lineage table rebuilt, as a flow leaves it."""
     files = _shared_files(root / "real")
     synthetic = root / "synthetic.zarr"
-    ids = write_synthetic(synthetic, [_volume(index, files) for index in range(count)], flow_run_id="run-1")
+    ids = write_synthetic(
+        synthetic, [recorded_synthetic_volume(index, files) for index in range(count)], flow_run_id="run-1"
+    )
     rebuild_lineage_table(synthetic)
     return synthetic, sorted(ids), files
 
@@ -144,7 +109,7 @@ def test_a_recorded_volume_that_is_gone_fails_the_audit(tmp_path):
 
 def test_a_volume_the_table_does_not_record_fails_the_audit(tmp_path):
     synthetic, ids, files = _store(tmp_path)
-    (extra,) = write_synthetic(synthetic, [_volume(7, files)])
+    (extra,) = write_synthetic(synthetic, [recorded_synthetic_volume(7, files)])
     code, report = _audit(synthetic)
     assert code == 1 and _kinds(report) == {("unrecorded_volume", extra)}
 

@@ -25,14 +25,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 
-from gem3d.lineage import CheckpointRef, LineageRecord, SourceFile, read_lineage_table, sha256_array, sha256_file
+from gem3d.lineage import read_lineage_table
 from gem3d.splits import store_cases_of_split
 from gem3d.store import QUARANTINE
-from gem3d.synthesis import SynthesisPlan, SyntheticVolume
 from gem3d.synthetic_store import (
     LINEAGE,
     audit_synthetic_store,
@@ -41,6 +39,7 @@ from gem3d.synthetic_store import (
     write_synthetic,
 )
 from tasks.locking import LOCK_FILE
+from tests.builders import recorded_synthetic_volume
 from tests.flows.conftest import MICRO_CONFIG
 from tests.services import HOST, REPOSITORY, clean_environment, console_script, free_port, stop_group, tail
 from tests.services.micro_work import micro_config, phantoms, trained_work_folder
@@ -54,7 +53,6 @@ GONE_WITHIN_SECONDS = 10.0
 ENHANCE_TIMEOUT = 240.0
 RACE_VOLUMES = 24
 RACE_BATCH = 4
-SHAPE = (8, 16, 16)
 
 
 @pytest.fixture(scope="module")
@@ -295,39 +293,10 @@ def _write_source_files(folder: Path) -> None:
         path.write_bytes(bytes([index]) * 1024)
 
 
-def _race_volume(index: int, files: dict[str, Path]) -> SyntheticVolume:
-    """The same small volume and record in every writer (content from the index alone)."""
-    rng = np.random.default_rng(index)
-    image = rng.uniform(-1, 1, SHAPE).astype(np.float32)
-    mask = (rng.random(SHAPE) > 0.7).astype(np.uint8)
-    plan = SynthesisPlan.create(
-        source_case_id="case_0",
-        source_mask_sha256=sha256_array(mask),
-        setting="ic",
-        variant=index,
-        seed=index,
-        start_slice=0,
-        informed={"mode": "chosen", "case_id": "case_0", "slice_index": 0},
-        checkpoint_sha256=sha256_file(files["stage2"]),
-        config_hash="0123456789abcdef",
-    )
-    record = LineageRecord(
-        synthetic_id=plan.synthetic_id,
-        source_case_id="case_0",
-        source_files=[SourceFile(path=str(files[r]), sha256=sha256_file(files[r]), role=r) for r in ("image", "label")],
-        checkpoints=[CheckpointRef(role="stage2", path=str(files["stage2"]), sha256=sha256_file(files["stage2"]))],
-        sampler={"name": "ddim", "steps": 3, "eta": 1.0},
-        start_slice=0,
-        seed=index,
-        created_at="2026-01-01T00:00:00+00:00",
-    )
-    return SyntheticVolume(plan, image, mask, record)
-
-
 def publish_in_step(store: str, files: str, name: str, ready: str, go: str) -> None:
     """One writer of the race (run as its own process): build the volumes, say so, wait for `go`, publish
     them batch by batch with a lineage-table rebuild after each, as enhancement runs do; print its ids."""
-    volumes = [_race_volume(index, _source_files(Path(files))) for index in range(RACE_VOLUMES)]
+    volumes = [recorded_synthetic_volume(index, _source_files(Path(files)), "ic") for index in range(RACE_VOLUMES)]
     Path(ready).touch()
     while not Path(go).exists():
         time.sleep(0.001)
