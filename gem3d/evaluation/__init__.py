@@ -15,7 +15,6 @@ from gem3d.evaluation.selection import (
     recorded_boundaries,
     select_current,
     usable_for_training,
-    window_boundaries,
 )
 
 __all__ = [
@@ -37,5 +36,4 @@ __all__ = [
     "select_current",
     "slice_profile",
     "usable_for_training",
-    "window_boundaries",
 ]

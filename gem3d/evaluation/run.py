@@ -27,8 +27,8 @@ from gem3d.evaluation.selection import (
 from gem3d.features import FeatureExtractor, load_torchscript_extractor, train_feature_extractor_on
 from gem3d.lineage import derive_id, format_chain, sha256_file
 from gem3d.segmentation import compare_real_vs_augmented
-from gem3d.splits import store_cases_of_split
-from gem3d.store import manifest_digest, open_case_arrays, read_case, read_manifest, store_attributes
+from gem3d.splits import store_cases_of_split, store_splits
+from gem3d.store import manifest_digest, open_case_arrays, read_case, store_attributes
 from gem3d.synthesis import SynthesisPlan, plan_test_regeneration
 from gem3d.synthetic_store import list_synthetic, read_synthetic, synthetic_exists
 from gem3d.views import orthogonal_views, side_by_side, slice_grid
@@ -266,7 +266,7 @@ def evaluate(
     # the real test cases' distance to the real training cases: the floor the synthetic settings compare with
     summaries.append(SettingSummary("real-only", **real["test"].distance(real["train"])))
 
-    splits = dict(zip(*(read_manifest(store)[column].astype(str) for column in ("case_id", "split")), strict=True))
+    splits = store_splits(store)
     used = [v for v in ordered if usable_for_training(v.source_case_ids, splits, train_ids)]
     dice_rows = []
     phases.start("segmentation: real vs real + synthetic")

@@ -22,12 +22,12 @@ from gem3d.evaluation import (
     evaluate,
     recorded_boundaries,
     usable_for_training,
-    window_boundaries,
 )
 from gem3d.features import slice_targets, train_feature_extractor, volume_slices
 from gem3d.lineage import LineageRecord
 from gem3d.metrics import frechet_distance, mmd, seam_score
 from gem3d.report import evaluation_report_inputs, render_report
+from gem3d.sampling.windows import window_boundaries
 from gem3d.splits import store_cases_of_split
 from gem3d.store import read_case, store_attributes
 from gem3d.synthesis import SynthesisPlan, load_models, plan_enhancement, synthesize
