@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gem3d.anatomy import anatomy_outline
 from gem3d.config import Config, DataConfig, EvaluationConfig
 from gem3d.evaluation import evaluate
 from gem3d.evaluation.scores import MMD_SAMPLE
@@ -69,7 +70,7 @@ def build(root: Path, cases: int, slices: int, size: int, config: Config) -> tup
         case_id = f"case_{index:03d}"
         split = "test" if index % 4 == 3 else "train"
         image, label = phantom(rng, slices, size)
-        publish_case(store, case_id, stage_case(store, case_id, image, label, {}))
+        publish_case(store, case_id, stage_case(store, case_id, image, label, {}, outline=anatomy_outline(image)))
         rows.append({"case_id": case_id, "split": split})
         if split == "train":
             perturbed = np.clip(image + rng.normal(0, 0.05, image.shape), -1, 1).astype(np.float32)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gem3d.anatomy import anatomy_outline
 from gem3d.config import Config, load_config
 from gem3d.models.factory import build_denoiser, mask_channels, sample_channels
 from gem3d.store import init_store, publish_case, stage_case, write_table_atomic
@@ -43,7 +44,7 @@ def phantom_store(root: Path, size: int, cases: int = 4, slices: int = 24) -> Pa
         label = (body * (1 + (yy > 0) + (xx > 0.3))).astype(np.uint8)
         image = np.where(body, 0.2 * label + 0.05 * rng.standard_normal(body.shape), -1.0).astype(np.float32)
         case_id = f"case_{index}"
-        publish_case(store, case_id, stage_case(store, case_id, image, label, {}))
+        publish_case(store, case_id, stage_case(store, case_id, image, label, {}, outline=anatomy_outline(image)))
         rows.append({"case_id": case_id, "split": "train", "shape_z": slices})
     write_table_atomic(store / "manifest.parquet", pd.DataFrame(rows))
     return store

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import zoom
 
+from gem3d.anatomy import anatomy_outline
 from gem3d.store import init_store, open_case_arrays, publish_case, stage_case
 
 
@@ -54,7 +55,8 @@ def main() -> None:
         np.savez_compressed(npz_path, image=volume, label=raw_label)
         store = init_store(Path(folder) / "store.zarr", {})
         image, label = reference_window(npz_path, 0, args.slices, args.size)
-        publish_case(store, "case", stage_case(store, "case", image.astype(np.float32), label, {}))
+        staged = stage_case(store, "case", image.astype(np.float32), label, {}, outline=anatomy_outline(image))
+        publish_case(store, "case", staged)
         image_array, label_array = open_case_arrays(store, "case")
 
         starts = rng.integers(0, args.slices - args.window, size=args.repeats)

@@ -78,6 +78,9 @@ class DenoiserConfig(_Section):
     head_channels: int = 32
     dropout: float = 0.0
     temporal_attention: bool = True
+    anatomy_outline: bool = Field(
+        True, description="condition on the body outline too (one more mask class); false: the paper's mask only"
+    )
 
 
 class DiffusionConfig(_Section):

@@ -16,7 +16,7 @@ import torch
 import zarr
 from torch.utils.data import Dataset
 
-from gem3d.store import open_case_arrays
+from gem3d.store import open_case_arrays, open_case_outline
 
 
 def item_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -30,6 +30,7 @@ class _CaseArrays:
     def __init__(self, store: str | Path, case_ids: Sequence[str]) -> None:
         self.store = Path(store)
         self._open: dict[str, tuple[zarr.Array, zarr.Array]] = {}
+        self._outlines: dict[str, zarr.Array] = {}
         self.num_slices = {case_id: self.arrays(case_id)[0].shape[0] for case_id in case_ids}
         self._open.clear()
 
@@ -38,8 +39,13 @@ class _CaseArrays:
             self._open[case_id] = open_case_arrays(self.store, case_id)
         return self._open[case_id]
 
+    def outline(self, case_id: str) -> zarr.Array:
+        if case_id not in self._outlines:
+            self._outlines[case_id] = open_case_outline(self.store, case_id)
+        return self._outlines[case_id]
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_open": {}}
+        return {**self.__dict__, "_open": {}, "_outlines": {}}
 
 
 class WindowDataset(Dataset):
@@ -47,8 +53,8 @@ class WindowDataset(Dataset):
 
     Without `samples_per_epoch`, item i is a window of case i (one per case, e.g. for validation); with it,
     the epoch has that many windows of randomly drawn cases. Cases shorter than the window are skipped.
-    Item: image (L, 1, H, W) float32, label (L, H, W) int64, informed_slice (1, H, W) (the window's slice at
-    `informed_offset`), informed_offset, start_slice, case_id, num_slices.
+    Item: image (L, 1, H, W) float32, label and anatomy outline (L, H, W) int64, informed_slice (1, H, W) (the
+    window's slice at `informed_offset`), informed_offset, start_slice, case_id, num_slices.
     """
 
     def __init__(
@@ -92,10 +98,12 @@ class WindowDataset(Dataset):
         stop = start_slice + self.window_length
         image = torch.from_numpy(np.ascontiguousarray(image_array[start_slice:stop], dtype=np.float32))
         label = torch.from_numpy(label_array[start_slice:stop].astype(np.int64))
+        outline = torch.from_numpy(self.cases.outline(case_id)[start_slice:stop].astype(np.int64))
         image = image[:, None]  # (L, H, W) -> (L, 1, H, W)
         return {
             "image": image,
             "label": label,
+            "outline": outline,
             "informed_slice": image[informed_offset].clone(),
             "informed_offset": informed_offset,
             "start_slice": start_slice,

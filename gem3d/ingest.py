@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gem3d.anatomy import OUTLINE_METHOD, outline_summary
 from gem3d.config import DataConfig
 from gem3d.errors import InputError
 from gem3d.io.layouts import CaseRef, DatasetInfo
@@ -77,7 +78,8 @@ def process_case(ref: CaseRef, info: DatasetInfo, config: DataConfig, store: Pat
     sources = {"image": case.image_sha256, "label": case.label_sha256}
     if (store / CASES / ref.case_id / "zarr.json").exists():
         existing = case_attributes(store, ref.case_id)
-        if existing.get("source_sha256") == sources and existing.get("config_hash") == data_hash:
+        unchanged = existing.get("source_sha256") == sources and existing.get("config_hash") == data_hash
+        if unchanged and existing.get("outline", {}).get("method") == OUTLINE_METHOD:
             return CaseOutcome(ref.case_id, "skipped", inventory, statistics=existing["statistics"])
     label_values = declared or sorted(set(np.unique(case.label).tolist()) | {0})
     try:
@@ -105,8 +107,9 @@ def process_case(ref: CaseRef, info: DatasetInfo, config: DataConfig, store: Pat
         "dataset_split": ref.split,
         DATASET_NAME: info.name,
         "statistics": statistics,
+        "outline": outline_summary(prepared.outline, prepared.label),
     }
-    staged = stage_case(store, ref.case_id, prepared.image, prepared.label, attributes)
+    staged = stage_case(store, ref.case_id, prepared.image, prepared.label, attributes, outline=prepared.outline)
     return CaseOutcome(ref.case_id, "staged", inventory, statistics=statistics, staged=staged)
 
 

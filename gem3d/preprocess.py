@@ -1,7 +1,7 @@
 """Pure array functions that turn a raw case into the model's grid, recording what is needed to invert them.
 
 Order: reorient to RAS -> optional resample to a target spacing -> crop empty slices along Z ->
-in-plane resize -> intensity normalisation to `[-1, 1]` -> contiguous label remap. The affine is
+in-plane resize -> intensity normalisation to `[-1, 1]` -> contiguous label remap -> anatomy outline. The affine is
 updated at every geometric step, so world coordinates of every voxel stay correct. Stored arrays are
 `(Z, H, W)`: the transpose of the RAS voxel order `(X, Y, Z)`; the recorded affine maps RAS voxel
 indices `(x, y, z)` of the preprocessed grid to world millimetres, exactly as a NIfTI affine does.
@@ -17,16 +17,18 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from gem3d.anatomy import anatomy_outline
 from gem3d.config import DataConfig
 from gem3d.errors import EmptyImageError, TooFewSlicesError
 
 
 @dataclass
 class PreprocessedCase:
-    """A case on the model's grid: `image` float32 in `[-1, 1]`, `label` uint8, both `(Z, H, W)`."""
+    """A case on the model's grid: `image` float32 in `[-1, 1]`, `label` uint8, `outline` bool, all `(Z, H, W)`."""
 
     image: np.ndarray
     label: np.ndarray
+    outline: np.ndarray
     affine: np.ndarray
     spacing: tuple[float, float, float]
     geometry: dict = field(default_factory=dict)
@@ -161,9 +163,11 @@ def preprocess_case(
     image, normalisation = normalise_intensity(image, modality, config)
     label, mapping = remap_labels(label, declared_labels)
     # (X, Y, Z) -> (Z, H=Y, W=X)
+    image = np.ascontiguousarray(rearrange(image, "x y z -> z y x"))
     return PreprocessedCase(
-        image=np.ascontiguousarray(rearrange(image, "x y z -> z y x")),
+        image=image,
         label=np.ascontiguousarray(rearrange(label, "x y z -> z y x")),
+        outline=anatomy_outline(image),
         affine=affine,
         spacing=spacing_of(affine),
         geometry={

@@ -5,6 +5,7 @@ Layout::
     STORE/                     Zarr group (attrs: format version, config hash, labels, modality)
       cases/<case_id>/image    (Z, H, W) float32 in [-1, 1], chunks of SLICES_PER_CHUNK slices
       cases/<case_id>/label    (Z, H, W) uint8, same chunks
+      cases/<case_id>/outline  (Z, H, W) uint8 0/1, the anatomy outline (`gem3d.anatomy`), same chunks
       cases/<case_id>          attrs: affine, spacing, geometry, normalisation, hashes, config hash
       manifest.parquet         one row per case (rebuilt from the case attributes)
       quarantine.json          cases refused, with file and reason
@@ -34,6 +35,7 @@ CASES = "cases"
 MANIFEST = "manifest.parquet"
 QUARANTINE = "quarantine.json"
 SLICES_PER_CHUNK = 4
+OUTLINE = "outline"
 
 
 def staging_dir(store: str | Path) -> Path:
@@ -80,16 +82,30 @@ def case_attributes(store: str | Path, case_id: str) -> dict:
     return dict(zarr.open_group(path, mode="r").attrs)
 
 
-def stage_case(store: str | Path, case_id: str, image: np.ndarray, label: np.ndarray, attributes: dict) -> Path:
-    """Write one case as a standalone group in the staging folder; nothing in the store changes yet."""
-    if image.shape != label.shape or image.ndim != 3:
-        raise StoreError(case_id, f"image {image.shape} and label {label.shape} must be equal (Z, H, W)")
+def stage_case(
+    store: str | Path,
+    case_id: str,
+    image: np.ndarray,
+    label: np.ndarray,
+    attributes: dict,
+    outline: np.ndarray | None,
+) -> Path:
+    """Write one case as a standalone group in the staging folder; nothing in the store changes yet.
+
+    `outline` is the anatomy outline; None writes none (a synthetic volume made without one).
+    """
+    shapes = {image.shape, label.shape} | ({outline.shape} if outline is not None else set())
+    if len(shapes) != 1 or image.ndim != 3:
+        shown = "" if outline is None else f" and outline {outline.shape}"
+        raise StoreError(case_id, f"image {image.shape}, label {label.shape}{shown} must be equal (Z, H, W)")
     staging = Path(tempfile.mkdtemp(prefix=f"{case_id}.", dir=staging_dir(store)))
     group = zarr.open_group(staging, mode="w")
     _, height, width = image.shape
     chunks = (SLICES_PER_CHUNK, height, width)
     group.create_array("image", data=image.astype(np.float32), chunks=chunks)
     group.create_array("label", data=label.astype(np.uint8), chunks=chunks)
+    if outline is not None:
+        group.create_array(OUTLINE, data=outline.astype(np.uint8), chunks=chunks)
     group.attrs.update({"case_id": case_id, **attributes})
     return staging
 
@@ -127,6 +143,17 @@ def open_case_arrays(store: str | Path, case_id: str) -> tuple[zarr.Array, zarr.
         return zarr.open_array(path / "image", mode="r"), zarr.open_array(path / "label", mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
         raise StoreError(path, f"case {case_id!r} is not in the store") from error
+
+
+def open_case_outline(store: str | Path, case_id: str) -> zarr.Array:
+    """The lazy `(Z, H, W)` anatomy outline of a case; a store written before outlines existed is refused."""
+    path = Path(store) / CASES / case_id
+    try:
+        return zarr.open_array(path / OUTLINE, mode="r")
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
+        raise StoreError(
+            path, f"case {case_id!r} has no anatomy outline (written by an older gem3d): run `gem3d preprocess` again"
+        ) from error
 
 
 def read_window(store: str | Path, case_id: str, start_slice: int, window_length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -208,7 +208,7 @@ def write_synthetic(
             "lineage": record.model_dump(mode="json"),
             **({"generation": generation} if generation is not None else {}),
         }
-        staged = stage_case(store, synthetic_id, image, mask, attributes)
+        staged = stage_case(store, synthetic_id, image, mask, attributes, outline=volume.outline)
         try:
             _check_staged(staged, record)
             _seal_staged(staged)

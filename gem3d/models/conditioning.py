@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from gem3d.anatomy import condition_classes, outlined_label
 from gem3d.models.unet import SliceUNet, timestep_embedding
 
 if TYPE_CHECKING:  # the codecs need diffusers; the denoiser itself needs only torch
@@ -52,17 +53,44 @@ def mask_to_condition(
     return rearrange(condition, "(b l) c h w -> b l c h w", b=batch)
 
 
+def window_condition(
+    label: torch.Tensor,
+    outline: torch.Tensor | None,
+    num_classes: int,
+    with_outline: bool,
+    mode: Literal["onehot", "encoder"],
+    size: int,
+    autoencoder: PixelCodec | LatentCodec | None = None,
+) -> torch.Tensor:
+    """The denoiser's mask condition (B, L, Cm, size, size) of label windows (B, L, H, W), with the anatomy
+    outline (B, L, H, W) as one more class when `with_outline` (`gem3d.anatomy.outlined_label`)."""
+    if with_outline:
+        if outline is None:
+            raise ValueError("this denoiser is conditioned on the anatomy outline; none was given")
+        label = outlined_label(label, outline, num_classes)
+    return mask_to_condition(label, condition_classes(num_classes, with_outline), mode, size, autoencoder)
+
+
 class GEM3DDenoiser(nn.Module):
     """The GEM-3D denoiser: a SliceUNet on [noisy window, mask condition, informed slice] channels.
 
     With `use_informed_slice=False` it is the baseline (a modified Make-A-Volume) without informed channels.
+    With `anatomy_outline`, its mask condition is `gem3d.anatomy.outlined_label` (labels plus the body outline).
     """
 
-    def __init__(self, sample_channels: int, mask_channels: int, use_informed_slice: bool, **unet_kwargs) -> None:
+    def __init__(
+        self,
+        sample_channels: int,
+        mask_channels: int,
+        use_informed_slice: bool,
+        anatomy_outline: bool = False,
+        **unet_kwargs,
+    ) -> None:
         super().__init__()
         self.sample_channels = sample_channels
         self.mask_channels = mask_channels
         self.use_informed_slice = use_informed_slice
+        self.anatomy_outline = anatomy_outline
         informed_channels = sample_channels if use_informed_slice else 0
         self.unet = SliceUNet(
             in_channels=sample_channels + mask_channels + informed_channels,

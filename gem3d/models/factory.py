@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gem3d.anatomy import condition_classes
 from gem3d.config import Config
 from gem3d.errors import MissingFileError
 from gem3d.models.autoencoder import LatentCodec, PixelCodec, build_autoencoder, load_pretrained_autoencoder
@@ -14,8 +15,11 @@ def sample_channels(config: Config) -> int:
 
 
 def mask_channels(config: Config, num_classes: int) -> int:
-    """Channels of the mask condition: one per foreground class (onehot) or the sample channels (encoder)."""
-    return num_classes if config.autoencoder.mask_conditioning == "onehot" else sample_channels(config)
+    """Channels of the mask condition: one per condition class (onehot; the outline adds one) or the sample
+    channels (encoder)."""
+    if config.autoencoder.mask_conditioning == "onehot":
+        return condition_classes(num_classes, config.denoiser.anatomy_outline)
+    return sample_channels(config)
 
 
 def _unet_kwargs(config: Config) -> dict:
@@ -37,6 +41,7 @@ def build_denoiser(config: Config, num_classes: int, use_informed_slice: bool = 
         sample_channels=sample_channels(config),
         mask_channels=mask_channels(config, num_classes),
         use_informed_slice=use_informed_slice,
+        anatomy_outline=config.denoiser.anatomy_outline,
         **_unet_kwargs(config),
     )
 

@@ -34,6 +34,8 @@ class SyntheticVolume:
     """Min and max of the decoded volume before clipping to `[-1, 1]` (None when not made by `synthesize`)."""
     clamped_fraction: float | None = None
     """Fraction of voxels outside `[-1, 1]` before clipping: a sampler gone wrong shows here, not after the clip."""
+    outline: np.ndarray | None = None
+    """(Z, H, W) uint8 0/1: the mask case's anatomy outline, edited with the mask (None: not made by `synthesize`)."""
 
 
 def to_original_units(image: np.ndarray, normalisation: dict) -> np.ndarray:
@@ -82,6 +84,7 @@ def synthesize(
                         lineage_record(item, models, settings, config),
                         unclamped_range=(float(decoded.min()), float(decoded.max())),
                         clamped_fraction=float((decoded.abs() > 1).float().mean()),
+                        outline=item.outline,
                     )
                 )
         return volumes

@@ -12,9 +12,8 @@ from gem3d.config import Config
 from gem3d.editing import AppliedEdit, PasteLesion, ShiftLabels, apply_edits, apply_geometry, validate_mask
 from gem3d.errors import InvalidEditError, MissingFileError, StoreError
 from gem3d.lineage import SourceFile, sha256_array
-from gem3d.normalize import body_mask
 from gem3d.sampling.informed import InformedSlice, chosen_slice, fixed_slice, generate_slices
-from gem3d.store import case_attributes, open_case_arrays
+from gem3d.store import case_attributes, open_case_arrays, open_case_outline
 from gem3d.synthesis.models import LoadedModels
 from gem3d.synthesis.plans import SynthesisPlan
 
@@ -25,6 +24,7 @@ class PreparedPlan:
 
     plan: SynthesisPlan
     mask: np.ndarray  # (Z, H, W) uint8
+    outline: np.ndarray  # (Z, H, W) uint8 0/1: the mask case's anatomy outline, rotated and flipped with the mask
     applied: list[AppliedEdit]
     informed: InformedSlice | None
     source_files: list[SourceFile]
@@ -40,24 +40,28 @@ def _case_files(store: str | Path, case_id: str, roles: dict[str, str]) -> list[
 
 
 def _edited_mask(
-    plan: SynthesisPlan, store: str | Path, label: np.ndarray, num_classes: int
-) -> tuple[np.ndarray, list[AppliedEdit], list[SourceFile]]:
-    """Apply the plan's edits with its seed and check the result; raises `InvalidEditError` naming the plan."""
+    plan: SynthesisPlan, store: str | Path, label: np.ndarray, outline: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, list[AppliedEdit], list[SourceFile]]:
+    """Apply the plan's edits with its seed and check the result: the mask, its outline (rotations and flips
+    follow; lesions move towards its centre and must stay inside it), the edit records and the lesion sources.
+    Raises `InvalidEditError` naming the plan."""
     if not plan.edits:
-        return label, [], []
+        return label, outline, [], []
     pasted = sorted({edit.source_case_id for edit in plan.edits if isinstance(edit, PasteLesion)})
     lesion_sources = {case_id: open_case_arrays(store, case_id)[1][:] for case_id in pasted}
     lesion_files = [source for case_id in pasted for source in _case_files(store, case_id, {"label": "lesion_source"})]
     lesion_labels = sorted(
         {value for edit in plan.edits if isinstance(edit, ShiftLabels | PasteLesion) for value in edit.labels}
     )
-    body = body_mask(open_case_arrays(store, plan.source_case_id)[0][:])
     try:
-        mask, applied = apply_edits(label, list(plan.edits), plan.seed, body_mask=body, lesion_sources=lesion_sources)
+        mask, applied = apply_edits(
+            label, list(plan.edits), plan.seed, body_mask=outline, lesion_sources=lesion_sources
+        )
+        outline = apply_geometry(outline, applied)
         validate_mask(
             mask,
             set(range(1, num_classes + 1)),
-            body_mask=apply_geometry(body.astype(np.uint8), applied),
+            body_mask=outline,
             lesion_labels=tuple(lesion_labels),
             case_id=plan.synthetic_id,
         )
@@ -66,7 +70,7 @@ def _edited_mask(
             plan.synthetic_id,
             f"plan {plan.synthetic_id} ({plan.setting}, mask of case {plan.source_case_id}): {error.reason}",
         ) from error
-    return mask.astype(np.uint8), applied, lesion_files
+    return mask.astype(np.uint8), outline.astype(np.uint8), applied, lesion_files
 
 
 def check_models(plan: SynthesisPlan, models: LoadedModels) -> None:
@@ -87,14 +91,15 @@ def _prepare(plan: SynthesisPlan, store: str | Path, models: LoadedModels) -> Pr
     label = open_case_arrays(store, plan.source_case_id)[1][:]
     if sha256_array(label) != plan.source_mask_sha256:
         raise StoreError(plan.source_case_id, f"mask changed since plan {plan.synthetic_id} was made")
-    mask, applied, lesion_files = _edited_mask(plan, store, label, models.num_classes)
+    outline = open_case_outline(store, plan.source_case_id)[:]
+    mask, outline, applied, lesion_files = _edited_mask(plan, store, label, outline, models.num_classes)
     informed = None
     if models.uses_informed_slice and plan.informed.mode == "chosen":
         informed = chosen_slice(store, plan.informed.case_id, plan.informed.slice_index)
     elif models.uses_informed_slice and plan.informed.mode == "fixed":
         informed = fixed_slice(store, plan.informed.case_id, plan.informed.slice_index)
     sources = _case_files(store, plan.source_case_id, {"image": "image", "label": "label"})
-    return PreparedPlan(plan, mask, applied, informed, sources + lesion_files)
+    return PreparedPlan(plan, mask, outline, applied, informed, sources + lesion_files)
 
 
 def generate_informed(prepared: list[PreparedPlan], models: LoadedModels, config: Config) -> None:

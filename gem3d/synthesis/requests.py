@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gem3d.config import Config
-from gem3d.models.conditioning import GEM3DDenoiser, mask_to_condition
+from gem3d.models.conditioning import GEM3DDenoiser, window_condition
 from gem3d.sampling.propagation import Denoiser, VolumeRequest
 from gem3d.synthesis.models import LoadedModels
 from gem3d.synthesis.preparation import PreparedPlan
@@ -25,10 +25,12 @@ def window_denoiser(denoiser: GEM3DDenoiser) -> Denoiser:
 def volume_request(item: PreparedPlan, models: LoadedModels, config: Config) -> VolumeRequest:
     codec, device = models.codec, models.device
     size = item.mask.shape[-1] // codec.downsampling
-    # (Z, H, W) -> (1, Z, Cm, h, w) -> (Z, Cm, h, w)
-    mask_condition = mask_to_condition(
+    # mask and outline (Z, H, W) -> (1, Z, Cm, h, w) -> (Z, Cm, h, w)
+    mask_condition = window_condition(
         torch.from_numpy(item.mask[None]).to(device),
+        torch.from_numpy(item.outline[None]).to(device),
         models.num_classes,
+        models.denoiser.anatomy_outline,
         config.autoencoder.mask_conditioning,
         size,
         codec,

@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import default_collate
 
+from gem3d.anatomy import condition_classes, outlined_label
 from gem3d.diffusion.schedule import make_sampling_scheduler
-from gem3d.models.conditioning import mask_to_condition
 from gem3d.sampling.propagation import denoise_windows
 from gem3d.seeds import derive_seed
 from gem3d.splits import store_cases_of_split
@@ -76,13 +76,8 @@ def _window_rows(context: LossContext, network: nn.Module, item: dict, seed: int
     config, device, use_informed = context.config, context.device, context.phase.use_informed_slice
     truth = item["image"][:, 0]  # (L, H, W)
     informed = context.encode(item["informed_slice"][None].to(device))  # (1, C, h, w)
-    mask_condition = mask_to_condition(
-        item["label"][None].to(device),
-        context.num_classes,
-        config.autoencoder.mask_conditioning,
-        informed.shape[-1],
-        context.codec,
-    )  # (1, L, Cm, h, w)
+    outline = item["outline"][None] if "outline" in item else None
+    mask_condition = context.condition(item["label"][None].to(device), outline, informed.shape[-1])  # (1, L, Cm, h, w)
     scheduler = make_sampling_scheduler(config.diffusion, "ddim")
     scheduler.set_timesteps(GRID_SAMPLING_STEPS, device=device)
 
@@ -94,7 +89,10 @@ def _window_rows(context: LossContext, network: nn.Module, item: dict, seed: int
     informed_row = torch.full_like(truth, -1.0)
     if use_informed:
         informed_row[item["informed_offset"]] = item["informed_slice"][0]
-    mask_row = item["label"].float() / max(1, context.num_classes) * 2 - 1
+    label, classes = item["label"], context.num_classes
+    if outline is not None and context.config.denoiser.anatomy_outline:
+        label, classes = outlined_label(label, item["outline"], classes), condition_classes(classes, True)
+    mask_row = label.float() / max(1, classes) * 2 - 1
     return [mask_row, informed_row, pixels, truth]
 
 

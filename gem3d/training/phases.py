@@ -21,7 +21,7 @@ from gem3d.diffusion.schedule import (
     sample_uniform_timesteps,
 )
 from gem3d.models.autoencoder import LatentCodec, PixelCodec, autoencoder_loss
-from gem3d.models.conditioning import mask_to_condition
+from gem3d.models.conditioning import window_condition
 
 TrainingStage = Literal["autoencoder", "stage1", "stage2", "slicegen", "baseline"]
 
@@ -69,6 +69,19 @@ class LossContext:
         """(N, 1, H, W) pixel slices -> (N, C, h, w) diffusion samples in float32 (also under autocast)."""
         return self.codec.encode(slices).float()
 
+    def condition(self, label: torch.Tensor, outline: torch.Tensor | None, size: int) -> torch.Tensor:
+        """Mask condition (B, L, Cm, size, size) of label and outline windows (B, L, H, W)."""
+        outline = None if outline is None else outline.to(label.device)
+        return window_condition(
+            label,
+            outline,
+            self.num_classes,
+            self.config.denoiser.anatomy_outline,
+            self.config.autoencoder.mask_conditioning,
+            size,
+            self.codec,
+        )
+
     def noised(self, clean: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward process on (N, C, h, w) samples with (N,) timesteps: the noisy input and the target."""
         noise = torch.randn_like(clean)
@@ -85,9 +98,7 @@ def window_loss(context: LossContext, forward: Callable, batch: dict) -> torch.T
     batch_size, length = label.shape[:2]
     # (B, L, 1, H, W) -> (B*L, C, h, w)
     latents = context.encode(rearrange(batch["image"].to(device), "b l c h w -> (b l) c h w"))
-    mask_condition = mask_to_condition(
-        label, context.num_classes, context.config.autoencoder.mask_conditioning, latents.shape[-1], context.codec
-    )  # (B, L, Cm, h, w)
+    mask_condition = context.condition(label, batch.get("outline"), latents.shape[-1])  # (B, L, Cm, h, w)
     informed = context.encode(batch["informed_slice"].to(device)) if phase.use_informed_slice else None
     if phase.volumetric:
         timesteps = sample_low_noise_weighted_timesteps(batch_size, steps).to(device)  # (B,)

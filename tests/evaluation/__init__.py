@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gem3d.anatomy import anatomy_outline
 from gem3d.store import MANIFEST, init_store, publish_case, stage_case, write_table_atomic
 
 
@@ -32,7 +33,7 @@ def write_blob_store(root: Path, splits: dict[str, str], seed: int = 0, shape=(8
     rng = np.random.default_rng(seed)
     for case_id in splits:
         image, label = blob_case(rng, shape)
-        publish_case(store, case_id, stage_case(store, case_id, image, label, {}))
+        publish_case(store, case_id, stage_case(store, case_id, image, label, {}, outline=anatomy_outline(image)))
     rows = [{"case_id": case_id, "split": split} for case_id, split in splits.items()]
     write_table_atomic(store / MANIFEST, pd.DataFrame(rows))
     return store

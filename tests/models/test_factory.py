@@ -19,13 +19,22 @@ def _config(**autoencoder) -> Config:
     return Config.model_validate({"denoiser": SMALL_DENOISER, "autoencoder": autoencoder})
 
 
-def test_tiny_preset_is_pixel_space_with_onehot_masks() -> None:
+def test_tiny_preset_is_pixel_space_with_onehot_masks_and_the_anatomy_outline() -> None:
     config = load_config("tiny")
     assert isinstance(build_codec(config), PixelCodec)
     denoiser = build_denoiser(config, num_classes=3)
-    assert (denoiser.sample_channels, denoiser.mask_channels) == (1, 3)
-    assert denoiser.unet.in_channels == 1 + 3 + 1 and denoiser.unet.out_channels == 1
-    assert build_denoiser(config, num_classes=3, use_informed_slice=False).unet.in_channels == 1 + 3
+    # one channel per label, one for "inside the body outline, no label"
+    assert (denoiser.sample_channels, denoiser.mask_channels, denoiser.anatomy_outline) == (1, 4, True)
+    assert denoiser.unet.in_channels == 1 + 4 + 1 and denoiser.unet.out_channels == 1
+    assert build_denoiser(config, num_classes=3, use_informed_slice=False).unet.in_channels == 1 + 4
+
+
+def test_the_outline_switch_gives_back_the_papers_mask_only_condition() -> None:
+    config = load_config("tiny")
+    config = config.model_copy(update={"denoiser": config.denoiser.model_copy(update={"anatomy_outline": False})})
+    denoiser = build_denoiser(config, num_classes=3)
+    assert (denoiser.mask_channels, denoiser.anatomy_outline) == (3, False)
+    assert denoiser.unet.in_channels == 1 + 3 + 1
 
 
 def test_trained_autoencoder_with_encoder_masks_gives_the_papers_twelve_channels() -> None:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from gem3d.anatomy import anatomy_outline
 from gem3d.config import Config
 from gem3d.store import init_store, publish_case, stage_case, write_table_atomic
 
@@ -40,7 +41,7 @@ def write_store(root: Path, cases: dict[str, tuple[int, str]], seed: int = 0) ->
     rows = []
     for case_id, (num_slices, split) in cases.items():
         image, label = phantom(rng, num_slices)
-        publish_case(store, case_id, stage_case(store, case_id, image, label, {}))
+        publish_case(store, case_id, stage_case(store, case_id, image, label, {}, outline=anatomy_outline(image)))
         rows.append({"case_id": case_id, "split": split, "shape_z": num_slices})
     write_table_atomic(store / "manifest.parquet", pd.DataFrame(rows))
     return store

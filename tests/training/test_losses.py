@@ -57,8 +57,10 @@ def test_window_loss_is_zero_for_the_true_target(
         assert timesteps.shape == (3,)  # one timestep shared by a window's slices
     else:
         assert timesteps.shape == (3, 4) and len(set(timesteps.flatten().tolist())) > 3  # one per slice
-    assert mask_condition.shape == (3, 4, 2, 16, 16)
+    assert mask_condition.shape == (3, 4, 3, 16, 16)  # labels 1, 2 and "body, no label"
     assert torch.equal(mask_condition[:, :, 1], (batch["label"] == 2).float())
+    body = (batch["outline"] > 0) & (batch["label"] == 0)
+    assert body.any() and torch.equal(mask_condition[:, :, 2], body.float())
     if phase.use_informed_slice:
         assert torch.equal(informed, batch["informed_slice"])
     else:

@@ -87,7 +87,7 @@ def test_slicegen_and_baseline_write_bundles_that_rebuild(tmp_path: Path, small_
     model, meta = load_model(baseline.bundle_dir)
     assert meta["spec"] == {"role": "baseline", "num_classes": 2, "use_informed_slice": False, "volumetric": True}
     assert _temporal_names(model)
-    output = model(torch.randn(1, 4, 1, 16, 16), torch.tensor([10]), torch.rand(1, 4, 2, 16, 16))
+    output = model(torch.randn(1, 4, 1, 16, 16), torch.tensor([10]), torch.rand(1, 4, 3, 16, 16))  # 2 labels + body
     assert output.shape == (1, 4, 1, 16, 16)
 
 
