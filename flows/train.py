@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import flow
 
 from data_contracts import training_ready_contract
+from gem3d.anatomy import ABLATION_MODELS, without_outline
 from gem3d.config import Config, load_config
 from gem3d.errors import StoreError
 from gem3d.store import read_manifest
@@ -60,4 +61,25 @@ def train_flow(
     for name in stages_to_run(stage, config):
         init_from = models_dir / "stage1" if name == "stage2" else None
         results[name] = train_stage_task(name, config, store_path, models_dir, workdir_path, resume, init_from)
+    if config.evaluation.outline_ablation and config.denoiser.anatomy_outline:
+        results |= _train_outline_ablation(stage, config, store_path, models_dir, workdir_path, resume)
+    return results
+
+
+def _train_outline_ablation(
+    stage: str, config: Config, store: Path, models_dir: Path, workdir: Path, resume: bool
+) -> dict[str, dict]:
+    """Stages 1 and 2 once more without the anatomy outline, into `models/no-outline`, for the evaluation."""
+    if config.autoencoder.kind == "train":
+        raise ValueError(
+            "evaluation.outline_ablation needs a pixel-space or pretrained first stage (autoencoder.kind none or "
+            "pretrained): the ablation's bundles would not find the trained autoencoder"
+        )
+    ablation_dir = models_dir / ABLATION_MODELS
+    results = {}
+    for name in (name for name in ("stage1", "stage2") if stage in ("all", name)):
+        init_from = ablation_dir / "stage1" if name == "stage2" else None
+        results[f"{name}-{ABLATION_MODELS}"] = train_stage_task(
+            name, without_outline(config), store, ablation_dir, workdir, resume, init_from, variant=ABLATION_MODELS
+        )
     return results

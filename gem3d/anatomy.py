@@ -8,10 +8,17 @@ on, joins the condition as one more class: "inside the body, no label" (MAISI's 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import ndimage
 
+if TYPE_CHECKING:
+    from gem3d.config import Config
+
 OUTLINE_METHOD = "threshold-largest-component-filled-v1"
+ABLATION_MODELS = "no-outline"
+"""Folder, inside the models folder, of the stage 1 and 2 bundles trained without the outline (the ablation)."""
 THRESHOLD_FRACTION = 0.08
 """Foreground: brighter than the background level by this fraction of the background-to-bright range."""
 
@@ -70,3 +77,8 @@ def outlined_label(label: np.ndarray, outline: np.ndarray, num_classes: int) -> 
         raise ValueError(f"label {tuple(label.shape)} and outline {tuple(outline.shape)} differ in shape")
     body = (outline > 0) & (label == 0)
     return label + body * (num_classes + 1)
+
+
+def without_outline(config: Config) -> Config:
+    """`config` with the denoiser conditioned on the mask alone: the outline ablation (and the paper's model)."""
+    return config.model_copy(update={"denoiser": config.denoiser.model_copy(update={"anatomy_outline": False})})

@@ -155,6 +155,9 @@ class EvaluationConfig(_Section):
     segmentation_steps: int = 300
     scarce_fraction: float = Field(0.25, gt=0, le=1)
     lineage_entries: int = 8
+    outline_ablation: bool = Field(
+        False, description="also train stages 1 and 2 without the anatomy outline and score them on the test cases"
+    )
 
 
 class SyntheticContractConfig(_Section):

@@ -459,7 +459,8 @@ def render_html(inputs: ReportInputs) -> str:
         "consistency": _consistency(inputs.settings),
         "diversity": _diversity(inputs.settings),
         "distribution": _distribution(inputs.settings, inputs.feature_description),
-        "views": '<p class="note">Middle axial, coronal and sagittal slices; label mask outline in colour.</p>'
+        "views": '<p class="note">Middle axial, coronal and sagittal slices; the contours of the labels and of the '
+        "anatomy outline (the body part the model is conditioned on) in colour.</p>"
         + _figures(inputs.orthogonal_views),
         "grids": _figures(inputs.slice_grids),
         "profiles": _profiles(inputs.profiles),

@@ -58,6 +58,7 @@ from gem3d.lineage import (
 )
 from gem3d.store import (
     CASES,
+    OUTLINE,
     QUARANTINE,
     clear_staging,
     discard_staged,
@@ -284,6 +285,12 @@ def read_synthetic(store: str | Path, synthetic_id: str) -> tuple[np.ndarray, np
     attributes = synthetic_attributes(store, synthetic_id)
     group = zarr.open_group(Path(store) / CASES / synthetic_id, mode="r")
     return group["image"][:], group["label"][:], LineageRecord.model_validate(attributes["lineage"])
+
+
+def read_synthetic_outline(store: str | Path, synthetic_id: str) -> np.ndarray | None:
+    """A published volume's `(Z, H, W)` anatomy outline (its mask case's, edited with the mask); None if not stored."""
+    group = zarr.open_group(Path(store) / CASES / synthetic_id, mode="r")
+    return group[OUTLINE][:] if OUTLINE in group else None
 
 
 def volume_digests(store: str | Path) -> dict[str, str]:

@@ -69,10 +69,14 @@ def _stage_steps(config: Config, stage: str) -> int:
     return steps + config.train.stage2.steps if stage == "baseline" else steps
 
 
-def _register(stage: str, run_id: str) -> str:
-    """Register the logged bundle as a new version of the stage's model; returns the version number."""
+def registered_name(stage: str, variant: str = "") -> str:
+    """The registered model of a stage; a variant (e.g. the outline ablation) is a model of its own."""
+    return f"{REGISTERED_NAMES[stage]}-{variant}" if variant else REGISTERED_NAMES[stage]
+
+
+def _register(name: str, run_id: str) -> str:
+    """Register the logged bundle as a new version of the model `name`; returns the version number."""
     client = mlflow.MlflowClient()
-    name = REGISTERED_NAMES[stage]
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name)
     version = client.create_model_version(name, source=mlflow.get_artifact_uri("model"), run_id=run_id)
@@ -88,16 +92,21 @@ def train_stage_task(
     workdir: Path,
     resume: bool = False,
     init_from: Path | None = None,
+    variant: str = "",
 ) -> dict:
-    """Train one stage (or reuse an identical earlier result) as a nested MLflow run; returns its summary."""
+    """Train one stage (or reuse an identical earlier result) as a nested MLflow run; returns its summary.
+
+    `variant` names a second model of the same stage (the outline ablation): its own run name and registered model.
+    """
     logger = get_run_logger()
+    run_name = f"train-{stage}-{variant}" if variant else f"train-{stage}"
     bundle = models_dir / stage
     key = training_key(config, store, stage, init_from, models_dir)
     previous = None if resume else _previous_result(bundle, key)
     if previous is not None:
         logger.info("%s: inputs unchanged (%s), reusing %s", stage, key, bundle)
         return previous | {"skipped": True}
-    with tracked_run(f"train-{stage}", workdir, config, tags={"gem3d.stage": stage}) as run_id:
+    with tracked_run(run_name, workdir, config, tags={"gem3d.stage": stage, "gem3d.variant": variant}) as run_id:
         manifest = read_manifest(store)
         dataset = mlflow.data.from_pandas(
             manifest, source=str(store), name="store-manifest", digest=manifest_digest(store)[:16]
@@ -126,14 +135,14 @@ def train_stage_task(
             mlflow.log_artifact(str(result.sample_grid), artifact_path="samples")
         for name in (MODEL_FILE, SPEC_FILE):
             mlflow.log_artifact(str(result.bundle_dir / name), artifact_path="model")
-        version = _register(stage, run_id)
+        version = _register(registered_name(stage, variant), run_id)
     summary = {
         "stage": stage,
         "bundle": str(result.bundle_dir),
         "sha256": result.sha256,
         "training_key": key,
         "mlflow_run_id": run_id,
-        "model_name": REGISTERED_NAMES[stage],
+        "model_name": registered_name(stage, variant),
         "model_version": version,
         "steps": result.steps,
         "first_loss": result.first_loss,

@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from gem3d.anatomy import ABLATION_MODELS, outlined_label, without_outline
 from gem3d.checkpoints import read_bundle_meta
 from gem3d.config import Config, config_hash
 from gem3d.evaluation.results import EvaluationResult, Figure, LineageEntry, SettingSummary, SliceProfile
@@ -28,15 +31,17 @@ from gem3d.features import FeatureExtractor, load_torchscript_extractor, train_f
 from gem3d.lineage import derive_id, format_chain, sha256_file
 from gem3d.segmentation import compare_real_vs_augmented
 from gem3d.splits import store_cases_of_split, store_splits
-from gem3d.store import manifest_digest, open_case_arrays, read_case, store_attributes
+from gem3d.store import manifest_digest, open_case_arrays, open_case_outline, read_case, store_attributes
 from gem3d.synthesis import SynthesisPlan, plan_test_regeneration
-from gem3d.synthetic_store import list_synthetic, read_synthetic, synthetic_exists
+from gem3d.synthetic_store import list_synthetic, read_synthetic, read_synthetic_outline, synthetic_exists
 from gem3d.views import orthogonal_views, side_by_side, slice_grid
 from gem3d.volume_sets import StoredVolumes
 
 ENHANCEMENT_ORDER = ("ic", "icma", "ig", "igma")
 GEM3D_TITLE = "GEM-3D (test cases, own informed slice)"
+NO_OUTLINE_TITLE = "no-outline GEM-3D (ablation: mask only, no anatomy outline)"
 BASELINE_TITLE = "baseline (no informed slice)"
+REAL_TITLE = "real test cases (at GEM-3D's window boundaries)"
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,17 @@ Progress = Callable[[int, int, str], None]
 """Publishes an arm's plans into the evaluation store (the caller's job: e.g. Prefect synthesis tasks)."""
 
 
+def with_outline_ablation(config: Config) -> bool:
+    """Whether the evaluation also scores the denoiser trained without the anatomy outline."""
+    return config.evaluation.outline_ablation and config.denoiser.anatomy_outline
+
+
 def regeneration_arms(store: Path, test_ids: Sequence[str], config: Config, models_dir: Path) -> list[RegenerationArm]:
-    """GEM-3D, GEM-3D without overlapped inpainting (same weights) and the baseline, planned on the test cases."""
+    """GEM-3D, GEM-3D without overlapped inpainting (same weights) and the baseline, planned on the test cases;
+    with `evaluation.outline_ablation`, also GEM-3D trained without the anatomy outline (`models/no-outline`).
+
+    An arm's `role` is its denoiser bundle's folder relative to `models_dir`.
+    """
     no_overlap = config.model_copy(
         update={"sampling": config.sampling.model_copy(update={"overlapped_inpainting": False})}
     )
@@ -65,6 +79,8 @@ def regeneration_arms(store: Path, test_ids: Sequence[str], config: Config, mode
         ("no_overlap", "evaluate-test-no-oi", "stage2", no_overlap),
         ("baseline", "evaluate-test-baseline", "baseline", config),
     ]
+    if with_outline_ablation(config):
+        arms.append(("no_outline", "evaluate-test-no-outline", f"{ABLATION_MODELS}/stage2", without_outline(config)))
     return [
         RegenerationArm(
             name,
@@ -84,6 +100,11 @@ def regeneration_arms(store: Path, test_ids: Sequence[str], config: Config, mode
     ]
 
 
+def _shown_mask(label: np.ndarray, outline: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """What the views draw: the labels and, when known, the anatomy outline as one more contour colour."""
+    return label if outline is None else outlined_label(label, outline, num_classes)
+
+
 @dataclass
 class _Figures:
     views: list[Figure] = field(default_factory=list)
@@ -93,7 +114,7 @@ class _Figures:
 
 
 def _score_test_arms(
-    store: Path, evaluation_store: Path, arms: list[RegenerationArm], figures: _Figures
+    store: Path, evaluation_store: Path, arms: list[RegenerationArm], figures: _Figures, num_classes: int
 ) -> list[SettingSummary]:
     """Fidelity and seams of the regenerated test cases, one case (truth and its three volumes) at a time.
 
@@ -101,28 +122,47 @@ def _score_test_arms(
     compare on the same cases.
     """
     by_name = {arm.name: arm for arm in arms}
-    gem3d, baseline = SettingScores(GEM3D_TITLE), SettingScores(BASELINE_TITLE)
-    plans = zip(*(by_name[name].plans for name in ("gem3d", "no_overlap", "baseline")), strict=True)
+    scored = {"gem3d": SettingScores(GEM3D_TITLE), "baseline": SettingScores(BASELINE_TITLE)}
+    if "no_outline" in by_name:
+        scored["no_outline"] = SettingScores(NO_OUTLINE_TITLE)
+    real = SettingScores(REAL_TITLE)
+    names = list(by_name)
+    plans = zip(*(by_name[name].plans for name in names), strict=True)
     published = [case for case in plans if all(synthetic_exists(evaluation_store, p.synthetic_id) for p in case)]
-    for index, (gem3d_plan, ablation_plan, baseline_plan) in enumerate(published):
+    for index, case_plans in enumerate(published):
+        plan_of = dict(zip(names, case_plans, strict=True))
+        gem3d_plan = plan_of["gem3d"]
         truth, label = read_case(store, gem3d_plan.source_case_id)
-        volume, _, record = read_synthetic(evaluation_store, gem3d_plan.synthetic_id)
-        gem3d.add_volume(volume, recorded_boundaries(record, len(volume)), truth)
-        ablation, _, ablation_record = read_synthetic(evaluation_store, ablation_plan.synthetic_id)
-        gem3d.add_ablation(ablation, recorded_boundaries(ablation_record, len(ablation)))
-        baseline_volume, _, baseline_record = read_synthetic(evaluation_store, baseline_plan.synthetic_id)
-        baseline.add_volume(baseline_volume, recorded_boundaries(baseline_record, len(baseline_volume)), truth)
+        volumes = {}
+        for name, scores in scored.items():
+            volumes[name], _, record = read_synthetic(evaluation_store, plan_of[name].synthetic_id)
+            boundaries = recorded_boundaries(record, len(volumes[name]))
+            scores.add_volume(volumes[name], boundaries, truth)
+            if name == "gem3d":
+                real.add_volume(truth, boundaries)
+        ablation, _, ablation_record = read_synthetic(evaluation_store, plan_of["no_overlap"].synthetic_id)
+        scored["gem3d"].add_ablation(ablation, recorded_boundaries(ablation_record, len(ablation)))
         if index == 0:
             case = gem3d_plan.source_case_id
+            shown = _shown_mask(label, open_case_outline(store, case)[:], num_classes)
             figures.views.append(
                 Figure(
                     "test case regenerated (GEM-3D)",
-                    side_by_side(truth, volume, label),
-                    f"{case}: truth (left) and regenerated from its own mask and informed slice (right)",
+                    side_by_side(truth, volumes["gem3d"], shown),
+                    f"{case}: truth (top) and regenerated from its own mask and informed slice (bottom); "
+                    "labels and anatomy outline in colour",
                 )
             )
-            figures.closing.append(Figure(f"real {case}", orthogonal_views(truth, label), "axial, coronal, sagittal"))
-    return [gem3d.summary(), baseline.summary()]
+            if "no_outline" in volumes:
+                figures.views.append(
+                    Figure(
+                        "outline ablation: the same test case regenerated without the anatomy outline",
+                        side_by_side(truth, volumes["no_outline"], shown),
+                        f"{case}: truth (top) and the denoiser trained on the mask alone (bottom)",
+                    )
+                )
+            figures.closing.append(Figure(f"real {case}", orthogonal_views(truth, shown), "axial, coronal, sagittal"))
+    return [scores.summary() for scores in scored.values()] + [real.summary()]
 
 
 def _extractor(
@@ -161,6 +201,7 @@ def _score_setting(
     store: Path,
     scores: SettingScores,
     figures: _Figures,
+    num_classes: int,
 ) -> None:
     """One setting's volumes, grouped by source mask (only one group's variants held at a time)."""
     by_source: dict[str, list[str]] = defaultdict(list)
@@ -175,14 +216,15 @@ def _score_setting(
             variants.append(image)
             if source_index == 0 and len(variants) == 1:
                 real_image, _ = read_case(store, source)
+                shown = _shown_mask(mask, read_synthetic_outline(synthetic, synthetic_id), num_classes)
                 figures.views.append(
                     Figure(
                         f"{setting}: real vs synthetic",
-                        side_by_side(real_image, image, mask),
-                        f"{source} (left) and {synthetic_id} (right), mask outline in colour",
+                        side_by_side(real_image, image, shown),
+                        f"{source} (top) and {synthetic_id} (bottom); its edited mask and anatomy outline in colour",
                     )
                 )
-                figures.grids.append(Figure(f"{setting}: slice grid", slice_grid(image, mask=mask), synthetic_id))
+                figures.grids.append(Figure(f"{setting}: slice grid", slice_grid(image, mask=shown), synthetic_id))
                 figures.profiles.append(slice_profile(f"{setting}: {source}", real_image, image, boundaries))
         scores.add_variants(variants)
 
@@ -248,7 +290,7 @@ def evaluate(
         for arm in arms:
             regenerate(arm)
         phases.start("scoring the regenerated test cases")
-        summaries += _score_test_arms(store, Path(evaluation_store), arms, figures)
+        summaries += _score_test_arms(store, Path(evaluation_store), arms, figures, num_classes)
 
     phases.start("training the feature network")
     extractor = _extractor(store, train_ids, num_classes, config, feature_extractor)
@@ -260,7 +302,7 @@ def evaluate(
         # grouped by source mask, the order they are scored in
         volumes = sorted((v for v in selection.current if v.setting == setting), key=lambda v: v.source_case_id)
         scores = SettingScores(setting, FeatureStream(extractor, setting, config.seed))
-        _score_setting(setting, volumes, synthetic, store, scores, figures)
+        _score_setting(setting, volumes, synthetic, store, scores, figures, num_classes)
         summaries.append(scores.summary(real["all"]))
         ordered += volumes
     # the real test cases' distance to the real training cases: the floor the synthetic settings compare with
@@ -299,6 +341,11 @@ def evaluate(
     )
 
 
+def _scored_roles(config: Config) -> tuple[str, ...]:
+    ablation = (f"{ABLATION_MODELS}/stage2",) if with_outline_ablation(config) else ()
+    return ("stage2", "baseline", *ablation)
+
+
 def evaluation_key(
     store: Path, synthetic: Path, models_dir: Path, config: Config, feature_extractor: str | None
 ) -> str:
@@ -308,6 +355,6 @@ def evaluation_key(
         config=config_hash(config),
         manifest=manifest_digest(store),
         synthetic=list_synthetic(synthetic),
-        models={role: read_bundle_meta(models_dir / role)["sha256"] for role in ("stage2", "baseline")},
+        models={role: read_bundle_meta(models_dir / role)["sha256"] for role in _scored_roles(config)},
         feature_extractor=sha256_file(feature_extractor) if feature_extractor else None,
     )

@@ -69,14 +69,37 @@ def _open_grid(shape: Shape3D, spacing: np.ndarray, centre: np.ndarray) -> list[
     ]
 
 
-def _bias_field(rng: np.random.Generator, shape: Shape3D) -> np.ndarray:
-    """A smooth multiplicative MRI bias field: exp of a random separable quadratic, about +-20 %."""
+def _bias_field(rng: np.random.Generator, shape: Shape3D, strength: float = 1.0) -> np.ndarray:
+    """A smooth multiplicative MRI bias field: exp of a random separable quadratic, about +-20 % at strength 1."""
     bias = np.ones(shape, dtype=np.float32)
     for axis, size in enumerate(shape):
         u = np.linspace(-1.0, 1.0, size, dtype=np.float32)
-        profile = np.exp(rng.uniform(-0.12, 0.12) * u + rng.uniform(-0.08, 0.08) * u**2)
+        profile = np.exp(strength * (rng.uniform(-0.12, 0.12) * u + rng.uniform(-0.08, 0.08) * u**2))
         bias *= profile.reshape([-1 if a == axis else 1 for a in range(3)])
     return bias
+
+
+@dataclass(frozen=True)
+class _Scanner:
+    """How one "scanner" renders the same anatomy: bias field strength, noise, contrast curve, texture."""
+
+    bias_strength: float
+    noise: tuple[float, float]  # relative noise sigma range (MRI) or HU range (CT)
+    gamma: float  # MRI contrast curve exponent applied to the tissue signal
+    texture: float  # multiplies the tissue texture amplitude
+
+
+# A case is drawn on one of these, so a dataset mixes appearances the way multi-centre data does.
+_MRI_SCANNERS = (
+    _Scanner(bias_strength=0.5, noise=(0.015, 0.03), gamma=1.0, texture=1.0),
+    _Scanner(bias_strength=1.0, noise=(0.03, 0.05), gamma=0.85, texture=1.5),
+    _Scanner(bias_strength=1.6, noise=(0.05, 0.08), gamma=1.2, texture=2.0),
+)
+_CT_SCANNERS = (
+    _Scanner(bias_strength=0.0, noise=(6.0, 12.0), gamma=1.0, texture=1.0),
+    _Scanner(bias_strength=5.0, noise=(12.0, 22.0), gamma=1.0, texture=1.6),
+    _Scanner(bias_strength=10.0, noise=(20.0, 32.0), gamma=1.0, texture=2.2),
+)
 
 
 # Brain tissue codes, indexes into per-subject FLAIR levels.
@@ -94,13 +117,13 @@ def make_brain_phantom(
     shape = _checked_shape(shape)
     spacing = np.asarray(BRAIN_SPACING_MM)
     half_extent = np.asarray(shape) * spacing / 2
-    centre = (np.asarray(shape) - 1) / 2 + rng.uniform(-0.03, 0.03, 3) * np.asarray(shape)
+    centre = (np.asarray(shape) - 1) / 2 + rng.uniform(-0.06, 0.06, 3) * np.asarray(shape)
     x, y, z = _open_grid(shape, spacing, centre)
     yaw = rng.uniform(-0.15, 0.15)
     across = math.cos(yaw) * x + math.sin(yaw) * y  # (X, Y, 1) head frame, rotated in-plane
     along = -math.sin(yaw) * x + math.cos(yaw) * y
 
-    semi = (half_extent * rng.uniform((0.72, 0.80, 0.78), (0.84, 0.90, 0.90))).tolist()
+    semi = (half_extent * rng.uniform((0.64, 0.72, 0.74), (0.86, 0.92, 0.94))).tolist()
     head_radius = np.sqrt((across / semi[0]) ** 2 + (along / semi[1]) ** 2 + (z / semi[2]) ** 2)
     head_radius = head_radius * (1 + 0.03 * _smooth_noise(rng, shape, (4, 4, 3)))  # (X, Y, Z)
     head = head_radius < 1.0
@@ -131,14 +154,19 @@ def make_brain_phantom(
     tissue[label == 1] = _B_OEDEMA
     tissue[label == 2] = _B_NECROTIC
     tissue[label == 3] = _B_ENHANCING
+    scanner = _MRI_SCANNERS[int(rng.integers(len(_MRI_SCANNERS)))]
     levels = np.array(
         [0.0, rng.uniform(0.55, 0.85), rng.uniform(0.08, 0.22), 1.0, rng.uniform(1.1, 1.3)]
-        + [rng.uniform(1.5, 2.1), rng.uniform(0.5, 1.1), rng.uniform(1.1, 1.5)],
+        + [rng.uniform(1.45, 2.0), rng.uniform(0.5, 1.1), rng.uniform(1.1, 1.6)],
         dtype=np.float32,
     )
-    texture = 1 + rng.uniform(0.03, 0.08) * _smooth_noise(rng, shape, (16, 16, 8))
-    signal = ndimage.gaussian_filter(levels[tissue] * texture, sigma=0.6) * _bias_field(rng, shape)
-    sigma = rng.uniform(0.02, 0.05)
+    texture = 1 + scanner.texture * rng.uniform(0.03, 0.08) * _smooth_noise(rng, shape, (16, 16, 8))
+    # lesion texture: oedema and tumour vary inside, by a per-case amount, on a finer scale than the tissue
+    lesion_texture = 1 + rng.uniform(0.05, 0.25) * _smooth_noise(rng, shape, (24, 24, 12))
+    texture = np.where(label > 0, texture * lesion_texture, texture)
+    signal = ndimage.gaussian_filter((levels[tissue] * texture) ** scanner.gamma, sigma=0.6)
+    signal *= _bias_field(rng, shape, scanner.bias_strength)
+    sigma = rng.uniform(*scanner.noise)
     real = signal + sigma * rng.standard_normal(shape, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(shape, dtype=np.float32)
     scale = math.exp(rng.uniform(math.log(100.0), math.log(3000.0)))
@@ -226,10 +254,10 @@ def make_abdomen_phantom(
     """
     shape = _checked_shape(shape)
     size_x, size_y, size_z = shape
-    half_width = size_x / 2 * rng.uniform(0.80, 0.92)  # voxels; in-plane spacing is isotropic
+    half_width = size_x / 2 * rng.uniform(0.78, 0.92)  # voxels; in-plane spacing is isotropic
     depth = rng.uniform(0.62, 0.76)  # antero-posterior half-depth / left-right half-width
-    centre_x = (size_x - 1) / 2 + rng.uniform(-0.02, 0.02) * size_x
-    centre_y = (size_y - 1) / 2 + rng.uniform(-0.04, 0.0) * size_y
+    centre_x = (size_x - 1) / 2 + rng.uniform(-0.04, 0.04) * size_x
+    centre_y = (size_y - 1) / 2 + rng.uniform(-0.06, 0.0) * size_y
     right = ((np.arange(size_x) - centre_x) / half_width).astype(np.float32).reshape(-1, 1, 1)  # towards Right
     anterior = ((np.arange(size_y) - centre_y) / half_width).astype(np.float32).reshape(1, -1, 1)  # towards Anterior
     height = (np.arange(size_z) / (size_z - 1)).astype(np.float32).reshape(1, 1, -1)  # towards Superior, 0..1
@@ -285,9 +313,14 @@ def make_abdomen_phantom(
         + [rng.uniform(32, 50)],
         dtype=np.float32,
     )
-    texture = _smooth_noise(rng, shape, (16, 16, 8))
-    hounsfield = ndimage.gaussian_filter(levels[tissue] + _TEXTURE_HU[tissue] * texture, sigma=(0.6, 0.6, 0.3))
-    hounsfield += rng.uniform(6, 20) * rng.standard_normal(shape, dtype=np.float32)
+    scanner = _CT_SCANNERS[int(rng.integers(len(_CT_SCANNERS)))]
+    texture = scanner.texture * _smooth_noise(rng, shape, (16, 16, 8))
+    # organ texture on a finer scale, by a per-case amount (fatty or heterogeneous parenchyma)
+    organ_texture = rng.uniform(3.0, 10.0) * _smooth_noise(rng, shape, (24, 24, 12)) * (_LABEL_OF_TISSUE[tissue] > 0)
+    hounsfield = levels[tissue] + _TEXTURE_HU[tissue] * texture + organ_texture
+    hounsfield = ndimage.gaussian_filter(hounsfield, sigma=(0.6, 0.6, 0.3))
+    hounsfield += scanner.bias_strength * _smooth_noise(rng, shape, (2, 2, 2)) * (tissue != _A_AIR)  # beam hardening
+    hounsfield += rng.uniform(*scanner.noise) * rng.standard_normal(shape, dtype=np.float32)
     image = np.rint(np.clip(hounsfield, *HU_RANGE)).astype(np.int16)
     return image, _LABEL_OF_TISSUE[tissue]
 
