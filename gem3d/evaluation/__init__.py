@@ -8,7 +8,14 @@ store is read one volume at a time (`scores`, `gem3d.volume_sets`). The report c
 """
 
 from gem3d.evaluation.results import EvaluationResult, Figure, LineageEntry, SettingSummary, SliceProfile
-from gem3d.evaluation.run import Regenerate, RegenerationArm, evaluate, evaluation_key, regeneration_arms
+from gem3d.evaluation.run import (
+    Regenerate,
+    RegenerationArm,
+    evaluate,
+    evaluation_key,
+    regeneration_arms,
+    segmentation_comparison,
+)
 from gem3d.evaluation.scores import FeatureStream, SettingScores, fidelity, slice_profile
 from gem3d.evaluation.selection import (
     CurrentGeneration,
@@ -33,6 +40,7 @@ __all__ = [
     "fidelity",
     "recorded_boundaries",
     "regeneration_arms",
+    "segmentation_comparison",
     "select_current",
     "slice_profile",
     "usable_for_training",

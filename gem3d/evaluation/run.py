@@ -39,6 +39,7 @@ from gem3d.volume_sets import StoredVolumes
 
 ENHANCEMENT_ORDER = ("ic", "icma", "ig", "igma")
 GEM3D_TITLE = "GEM-3D (test cases, own informed slice)"
+NO_OVERLAP_TITLE = "no-overlap GEM-3D (ablation: no overlapped inpainting, same weights)"
 NO_OUTLINE_TITLE = "no-outline GEM-3D (ablation: mask only, no anatomy outline)"
 BASELINE_TITLE = "baseline (no informed slice)"
 REAL_TITLE = "real test cases (at GEM-3D's window boundaries)"
@@ -122,7 +123,11 @@ def _score_test_arms(
     compare on the same cases.
     """
     by_name = {arm.name: arm for arm in arms}
-    scored = {"gem3d": SettingScores(GEM3D_TITLE), "baseline": SettingScores(BASELINE_TITLE)}
+    scored = {
+        "gem3d": SettingScores(GEM3D_TITLE),
+        "no_overlap": SettingScores(NO_OVERLAP_TITLE),
+        "baseline": SettingScores(BASELINE_TITLE),
+    }
     if "no_outline" in by_name:
         scored["no_outline"] = SettingScores(NO_OUTLINE_TITLE)
     real = SettingScores(REAL_TITLE)
@@ -308,21 +313,8 @@ def evaluate(
     # the real test cases' distance to the real training cases: the floor the synthetic settings compare with
     summaries.append(SettingSummary("real-only", **real["test"].distance(real["train"])))
 
-    splits = store_splits(store)
-    used = [v for v in ordered if usable_for_training(v.source_case_ids, splits, train_ids)]
-    dice_rows = []
     phases.start("segmentation: real vs real + synthetic")
-    if used:
-        dice_rows = compare_real_vs_augmented(
-            StoredVolumes(store, tuple(train_ids)),
-            StoredVolumes(synthetic, tuple(volume.synthetic_id for volume in used)),
-            StoredVolumes(store, tuple(test_ids)),
-            num_classes,
-            config.evaluation.segmentation_steps,
-            config.seed,
-            config.evaluation.scarce_fraction,
-            [{train_ids.index(case) for case in volume.source_case_ids} for volume in used],
-        )
+    used, dice_rows = _usefulness(store, synthetic, ordered, train_ids, test_ids, num_classes, config, config.seed)
     phases.finish()
     return EvaluationResult(
         settings=summaries,
@@ -339,6 +331,46 @@ def evaluate(
         label_names={int(key): name for key, name in labels.items()},
         lineage=_lineage_entries(synthetic, ordered, config.evaluation.lineage_entries),
     )
+
+
+def _usefulness(
+    store: Path,
+    synthetic: Path,
+    volumes: list[StoredSynthetic],
+    train_ids: list[str],
+    test_ids: list[str],
+    num_classes: int,
+    config: Config,
+    seed: int,
+) -> tuple[list[StoredSynthetic], list[dict]]:
+    """The volumes derived from training cases only, and the Dice rows of real vs real + synthetic with them."""
+    splits = store_splits(store)
+    used = [v for v in volumes if usable_for_training(v.source_case_ids, splits, train_ids)]
+    if not used:
+        return used, []
+    rows = compare_real_vs_augmented(
+        StoredVolumes(store, tuple(train_ids)),
+        StoredVolumes(synthetic, tuple(volume.synthetic_id for volume in used)),
+        StoredVolumes(store, tuple(test_ids)),
+        num_classes,
+        config.evaluation.segmentation_steps,
+        seed,
+        config.evaluation.scarce_fraction,
+        [{train_ids.index(case) for case in volume.source_case_ids} for volume in used],
+    )
+    return used, rows
+
+
+def segmentation_comparison(
+    store: str | Path, synthetic: str | Path, config: Config, models_dir: str | Path, seed: int
+) -> list[dict]:
+    """The usefulness comparison of `evaluate` alone, with another segmentation seed (spread over seeds)."""
+    store, synthetic = Path(store), Path(synthetic)
+    current = select_current(synthetic, CurrentGeneration.of(Path(models_dir), config)).current
+    test_ids = store_cases_of_split(store, "test") or store_cases_of_split(store, "val")
+    train_ids = [case for case in store_cases_of_split(store, "train", "val") if case not in test_ids]
+    num_classes = max(len(store_attributes(store).get("labels", {})), 2)
+    return _usefulness(store, synthetic, current, train_ids, test_ids, num_classes, config, seed)[1]
 
 
 def _scored_roles(config: Config) -> tuple[str, ...]:

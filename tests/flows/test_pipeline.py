@@ -9,7 +9,9 @@ import yaml
 
 import gem3d
 from flows.pipeline import pipeline_flow
+from gem3d.anatomy import without_outline
 from gem3d.checkpoints import read_bundle_meta
+from gem3d.config import config_hash, load_config
 from gem3d.lineage import read_lineage_table
 from gem3d.store import store_attributes
 from gem3d.synthetic_store import LINEAGE, volume_digests
@@ -20,11 +22,17 @@ def test_first_run_trains_samples_and_reports(micro_run):
     workdir, summary = micro_run
     assert summary["cases"] == 6 and summary["quarantined"] == 0
     assert all(text.startswith("trained") for text in summary["training"].values())
-    assert set(summary["training"]) == {"stage1", "stage2", "slicegen", "baseline"}
+    ablation = {"stage1-no-outline", "stage2-no-outline"}  # evaluation.outline_ablation in the micro config
+    assert set(summary["training"]) == {"stage1", "stage2", "slicegen", "baseline"} | ablation
     assert all(re.match(r"[1-9]\d* new", text) for text in summary["sampling"].values())
     report = (workdir / "report" / "report.html").read_text()
     for heading in ("Fidelity", "Volumetric consistency", "Segmentation usefulness", "Lineage"):
         assert heading in report
+    # the ablation: its own bundles without the outline channel, its row in the fidelity table, and its figure
+    with_outline = read_bundle_meta(workdir / "models" / "stage2")["config"]["denoiser"]["anatomy_outline"]
+    without = read_bundle_meta(workdir / "models" / "no-outline" / "stage2")["config"]["denoiser"]["anatomy_outline"]
+    assert (with_outline, without) == (True, False)
+    assert "no-outline GEM-3D" in report and "outline ablation" in report
     assert "http://" not in report and "https://" not in report
 
 
@@ -34,12 +42,18 @@ def test_every_artefact_names_config_hash_code_version_and_seed(micro_run):
     named = [
         store_attributes(workdir / "store.zarr")["provenance"],
         json.loads((workdir / "report" / "evaluation.json").read_text())["provenance"],
-        *(read_bundle_meta(bundle)["provenance"] for bundle in sorted((workdir / "models").iterdir())),
+        *(read_bundle_meta(meta.parent)["provenance"] for meta in sorted((workdir / "models").glob("*/model.json"))),
     ]
     assert len(named) == 6
     for origin in named:
         assert expected.items() <= origin.items()
         assert origin["git_commit"]
+    # the outline ablation's bundles were made with the config less the outline, and say so
+    ablation_hash = config_hash(without_outline(load_config(MICRO_CONFIG)))
+    assert ablation_hash != summary["config_hash"]
+    for bundle in ("stage1", "stage2"):
+        ablation = read_bundle_meta(workdir / "models" / "no-outline" / bundle)
+        assert ablation["provenance"]["config_hash"] == ablation_hash
     for record in read_lineage_table(workdir / "synthetic.zarr" / LINEAGE):
         assert (record.config_hash, record.seed is not None, record.git_commit) == (
             summary["config_hash"],
