@@ -145,8 +145,8 @@ def _score_test_arms(
             scores.add_volume(volumes[name], boundaries, truth)
             if name == "gem3d":
                 real.add_volume(truth, boundaries)
-        ablation, _, ablation_record = read_synthetic(evaluation_store, plan_of["no_overlap"].synthetic_id)
-        scored["gem3d"].add_ablation(ablation, recorded_boundaries(ablation_record, len(ablation)))
+            elif name == "no_overlap":
+                scored["gem3d"].add_ablation(volumes[name], boundaries)
         if index == 0:
             case = gem3d_plan.source_case_id
             shown = _shown_mask(label, open_case_outline(store, case)[:], num_classes)
@@ -258,6 +258,12 @@ def _lineage_entries(synthetic: Path, volumes: list[StoredSynthetic], count: int
     return entries
 
 
+def _test_and_training_cases(store: Path) -> tuple[list[str], list[str]]:
+    """The store's test split (its validation split when there is none), and the other train and val cases."""
+    test_ids = store_cases_of_split(store, "test") or store_cases_of_split(store, "val")
+    return test_ids, [case for case in store_cases_of_split(store, "train", "val") if case not in test_ids]
+
+
 def evaluate(
     store: str | Path,
     synthetic: str | Path,
@@ -280,8 +286,7 @@ def evaluate(
     selection = select_current(synthetic, CurrentGeneration.of(models_dir, config))
     settings = _setting_order(selection.current)
     phases = _Phases(2 * (regenerate is not None) + 2 + len(settings) + 1, progress)
-    test_ids = store_cases_of_split(store, "test") or store_cases_of_split(store, "val")
-    train_ids = [case for case in store_cases_of_split(store, "train", "val") if case not in test_ids]
+    test_ids, train_ids = _test_and_training_cases(store)
     labels = store_attributes(store).get("labels", {})
     num_classes = max(len(labels), 2)
     figures = _Figures()
@@ -367,8 +372,7 @@ def segmentation_comparison(
     """The usefulness comparison of `evaluate` alone, with another segmentation seed (spread over seeds)."""
     store, synthetic = Path(store), Path(synthetic)
     current = select_current(synthetic, CurrentGeneration.of(Path(models_dir), config)).current
-    test_ids = store_cases_of_split(store, "test") or store_cases_of_split(store, "val")
-    train_ids = [case for case in store_cases_of_split(store, "train", "val") if case not in test_ids]
+    test_ids, train_ids = _test_and_training_cases(store)
     num_classes = max(len(store_attributes(store).get("labels", {})), 2)
     return _usefulness(store, synthetic, current, train_ids, test_ids, num_classes, config, seed)[1]
 
