@@ -89,6 +89,12 @@ class DiffusionConfig(_Section):
     beta_end: float = 0.012
     beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    min_snr_gamma: float | None = Field(
+        None,
+        gt=0,
+        description="Min-SNR loss weighting (Hang et al. 2023): each sample's loss weighted as if its SNR were at "
+        "most gamma (5 in the paper); None: the plain unweighted loss",
+    )
 
 
 class StageTrainConfig(_Section):

@@ -33,6 +33,23 @@ def make_sampling_scheduler(config: DiffusionConfig, sampler: str) -> SchedulerM
     raise ValueError(f"unknown sampler {sampler!r}; expected 'ddim' or 'dpm_solver'")
 
 
+def min_snr_weights(
+    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, prediction_type: str, gamma: float | None
+) -> torch.Tensor:
+    """Per-sample loss weights of Min-SNR-gamma for `timesteps`: ones without gamma.
+
+    With SNR = abar / (1 - abar), an epsilon target is weighted by min(SNR, gamma) / SNR and a velocity target by
+    min(SNR, gamma) / (SNR + 1): both equal an x0 loss clamped at gamma, so the easy low-noise steps stop dominating.
+    """
+    if gamma is None:
+        return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
+    abar = alphas_cumprod.to(timesteps.device)[timesteps].double()
+    snr = abar / (1 - abar)
+    clamped = snr.clamp(max=gamma)
+    weights = clamped / snr if prediction_type == "epsilon" else clamped / (snr + 1)
+    return weights.float()
+
+
 def sample_uniform_timesteps(
     shape: tuple[int, ...], num_train_timesteps: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 from torch.utils.data import Dataset
@@ -17,6 +16,7 @@ from gem3d.config import Config
 from gem3d.data import SliceDataset, WindowDataset
 from gem3d.diffusion.schedule import (
     make_training_scheduler,
+    min_snr_weights,
     sample_low_noise_weighted_timesteps,
     sample_uniform_timesteps,
 )
@@ -90,6 +90,15 @@ class LossContext:
             return noisy, noise
         return noisy, self.scheduler.get_velocity(clean, noise, timesteps)
 
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of (N, ...) predictions, each sample weighted for its (N,) timestep (Min-SNR)."""
+        diffusion = self.config.diffusion
+        weights = min_snr_weights(
+            self.scheduler.alphas_cumprod, timesteps, diffusion.prediction_type, diffusion.min_snr_gamma
+        )
+        per_sample = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (N,)
+        return (weights * per_sample).mean()
+
 
 def window_loss(context: LossContext, forward: Callable, batch: dict) -> torch.Tensor:
     """Denoising loss on windows: per-slice timesteps (stage 1) or one per window (volumetric tuning)."""
@@ -109,8 +118,8 @@ def window_loss(context: LossContext, forward: Callable, batch: dict) -> torch.T
     noisy, target = context.noised(latents, per_slice)
     # (B*L, C, h, w) -> (B, L, C, h, w)
     noisy = rearrange(noisy, "(b l) c h w -> b l c h w", b=batch_size)
-    prediction = forward(noisy, timesteps, mask_condition, informed)
-    return F.mse_loss(prediction.float(), rearrange(target, "(b l) c h w -> b l c h w", b=batch_size).float())
+    prediction = forward(noisy, timesteps, mask_condition, informed)  # (B, L, C, h, w)
+    return context.loss(rearrange(prediction, "b l c h w -> (b l) c h w"), target, per_slice)
 
 
 def slice_loss(context: LossContext, forward: Callable, batch: dict) -> torch.Tensor:
@@ -120,7 +129,7 @@ def slice_loss(context: LossContext, forward: Callable, batch: dict) -> torch.Te
     timesteps = timesteps.to(context.device)
     noisy, target = context.noised(latents, timesteps)
     prediction = forward(noisy, timesteps, batch["position"].to(context.device))
-    return F.mse_loss(prediction.float(), target.float())
+    return context.loss(prediction, target, timesteps)
 
 
 def autoencoder_objective_loss(context: LossContext, forward: Callable, batch: dict) -> torch.Tensor:

@@ -123,3 +123,27 @@ def test_volumetric_tuning_draws_window_timesteps_with_weight_two_t_minus_t(
     assert stats.chisquare(observed, expected).pvalue > 1e-3
     uniform = np.full(10, windows / 10)
     assert stats.chisquare(uniform, expected).pvalue < 1e-6  # the test tells a uniform law apart
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("gamma", [None, 5.0])
+def test_min_snr_weighting_is_an_x0_loss_clamped_at_gamma(
+    small_store: Path, prediction_type: str, gamma: float | None
+) -> None:
+    """A network whose implied clean estimate is off by `delta` everywhere: with Min-SNR-gamma its loss is
+    mean(min(SNR, gamma)) * delta^2 for either target (Hang et al. 2023); unweighted it is the target's own MSE."""
+    config = tiny_config(diffusion={"prediction_type": prediction_type, "min_snr_gamma": gamma})
+    context = LossContext(config, STAGES["stage1"][0], 2, PixelCodec(), torch.device("cpu"))
+    batch = default_collate([WindowDataset(small_store, ["case_b", "case_c"], 4, seed=0)[i] for i in range(2)])
+    delta = 0.1
+    network = TrueTarget(context, batch["image"].double() + delta, prediction_type)
+    torch.manual_seed(1)
+    loss = float(window_loss(context, network, batch))
+    abar = context.scheduler.alphas_cumprod[network.calls[0]["timesteps"].flatten()].double()
+    snr = abar / (1 - abar)
+    assert snr.min() < 5 < snr.max()  # both sides of the clamp are exercised
+    if gamma is None:
+        per_slice = snr if prediction_type == "epsilon" else snr + 1
+    else:
+        per_slice = snr.clamp(max=gamma)
+    assert loss == pytest.approx(float(per_slice.mean()) * delta**2, rel=1e-4)
