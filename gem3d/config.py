@@ -65,6 +65,32 @@ class AutoencoderConfig(_Section):
         description="latent scale; None: estimated from the training latents (train) or the folder's own (pretrained)",
     )
     kl_weight: float = 1e-6
+    adversarial_weight: float = Field(
+        0.01,
+        ge=0,
+        description="weight of the patch discriminator's least-squares adversarial term in the trained autoencoder's "
+        "loss (MONAI's latent-diffusion recipe); 0: no discriminator, reconstruction + KL (+ perceptual) only",
+    )
+    adversarial_start: int = Field(
+        50,
+        ge=0,
+        description="autoencoder training steps before the discriminator trains and the adversarial term is added",
+    )
+    discriminator_channels: int = Field(32, ge=1, description="channels of the patch discriminator's first layer")
+    discriminator_layers: int = Field(
+        3,
+        ge=1,
+        description="strided layers of the patch discriminator; slices need at least 3 * 2**layers pixels a side",
+    )
+    perceptual_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of MONAI's perceptual (LPIPS) loss; off by default because its network's pretrained "
+        "weights are downloaded (or read from the torch hub cache)",
+    )
+    perceptual_network: Literal["squeeze", "alex", "vgg"] = Field(
+        "squeeze", description="the pretrained network of the perceptual loss"
+    )
     mask_conditioning: Literal["encoder", "onehot"] = "onehot"
 
 

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from einops import reduce, repeat
+from monai.losses import PerceptualLoss
+from monai.networks.nets import PatchDiscriminator
+from monai.utils import OptionalImportError
 from torch import nn
 
 from gem3d.errors import MissingFileError, UnreadableFileError
@@ -144,3 +147,50 @@ def autoencoder_loss(
         raise ValueError(f"unknown reconstruction loss {reconstruction!r}; expected 'l1' or 'mse'")
     kl_per_pixel = posterior.kl().mean() / x[0].numel()
     return reconstruction_loss + kl_weight * kl_per_pixel, decoded
+
+
+class PerceptualNetworkUnavailable(RuntimeError):
+    """The perceptual loss's pretrained network is neither installed nor cached, and cannot be downloaded."""
+
+
+def build_perceptual_loss(network_type: str) -> PerceptualLoss:
+    """MONAI's LPIPS perceptual loss on 2D slices, frozen; its weights come from the torch hub cache or the network.
+
+    Raises PerceptualNetworkUnavailable naming the network and the ways on when the weights cannot be obtained.
+    """
+    try:
+        loss = PerceptualLoss(spatial_dims=2, network_type=network_type)
+    except (OptionalImportError, OSError) as error:
+        # MONAI's optional-import errors carry a whole traceback: its first line names what is missing
+        cause = next(iter(str(error).strip().splitlines()), type(error).__name__)
+        raise PerceptualNetworkUnavailable(
+            f"cannot load the pretrained {network_type!r} network of the autoencoder's perceptual loss ({cause}). "
+            "Set autoencoder.perceptual_weight to 0 to train without it, or install MONAI's lpips extra "
+            f"(pip install 'monai[lpips]') and pre-download the {network_type!r} weights into the torch hub cache "
+            f"({torch.hub.get_dir()}) on a machine with network access."
+        ) from error
+    return loss.eval().requires_grad_(False)
+
+
+def check_discriminator_fits(layers: int, slice_size: int) -> None:
+    """Raise ValueError when slices of `slice_size` pixels a side are too small for a `layers`-layer discriminator.
+
+    Its kernel-4 convolutions halve the side `layers` times and then take 2 pixels off: at least 3 * 2**layers.
+    """
+    smallest = 3 * 2**layers
+    if slice_size < smallest:
+        raise ValueError(
+            f"a patch discriminator with {layers} layers needs slices of at least {smallest} pixels a side, these "
+            f"have {slice_size}: lower autoencoder.discriminator_layers"
+        )
+
+
+def build_discriminator(channels: int, layers: int) -> PatchDiscriminator:
+    """A 2D patch discriminator for single-channel `(N, 1, H, W)` slices; its last output is `(N, 1, h, w)` logits.
+
+    Instance normalisation (as MONAI's 2D latent-diffusion tutorial): independent of the batch size, which can be
+    one slice here, and nothing to synchronise under DDP.
+    """
+    return PatchDiscriminator(
+        spatial_dims=2, channels=channels, in_channels=1, out_channels=1, num_layers_d=layers, norm="INSTANCE"
+    )

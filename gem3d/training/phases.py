@@ -133,20 +133,38 @@ def slice_loss(context: LossContext, forward: Callable, batch: dict) -> torch.Te
 
 
 def autoencoder_objective_loss(context: LossContext, forward: Callable, batch: dict) -> torch.Tensor:
-    """Reconstruction + KL loss of the first stage on single slices."""
-    return forward(batch["image"].to(context.device))
+    """Reconstruction + KL (+ perceptual) loss of the first stage on single slices.
+
+    The adversarial term is added by the engine, which owns the discriminator (`engine.Adversary`).
+    """
+    return forward(batch["image"].to(context.device))[0]
 
 
 class AutoencoderObjective(nn.Module):
-    """The autoencoder loss as a module's forward, so that DistributedDataParallel synchronises its gradients."""
+    """The autoencoder loss as a module's forward, so that DistributedDataParallel synchronises its gradients.
 
-    def __init__(self, codec: LatentCodec, kl_weight: float) -> None:
+    Reconstruction + `kl_weight` * KL, plus `perceptual_weight` * a frozen perceptual loss when one is given.
+    """
+
+    def __init__(
+        self,
+        codec: LatentCodec,
+        kl_weight: float,
+        perceptual: nn.Module | None = None,
+        perceptual_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         self.codec = codec
         self.kl_weight = kl_weight
+        self.perceptual = perceptual
+        self.perceptual_weight = perceptual_weight
 
-    def forward(self, slices: torch.Tensor) -> torch.Tensor:
-        return autoencoder_loss(self.codec.autoencoder, slices, self.kl_weight)[0]
+    def forward(self, slices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 1, H, W) slices -> the loss and the (N, 1, H, W) reconstruction of a posterior sample."""
+        loss, reconstruction = autoencoder_loss(self.codec.autoencoder, slices, self.kl_weight)
+        if self.perceptual is not None:
+            loss = loss + self.perceptual_weight * self.perceptual(reconstruction.float(), slices.float())
+        return loss, reconstruction
 
 
 LOSSES = {"denoiser": window_loss, "slicegen": slice_loss, "autoencoder": autoencoder_objective_loss}
