@@ -142,8 +142,6 @@ def test_min_snr_weighting_is_an_x0_loss_clamped_at_gamma(
     abar = context.scheduler.alphas_cumprod[network.calls[0]["timesteps"].flatten()].double()
     snr = abar / (1 - abar)
     assert snr.min() < 5 < snr.max()  # both sides of the clamp are exercised
-    if gamma is None:
-        per_slice = snr if prediction_type == "epsilon" else snr + 1
-    else:
-        per_slice = snr.clamp(max=gamma)
+    unweighted = snr if prediction_type == "epsilon" else snr + 1  # target error^2 / x0 error^2
+    per_slice = unweighted if gamma is None else snr.clamp(max=gamma)
     assert loss == pytest.approx(float(per_slice.mean()) * delta**2, rel=1e-4)
