@@ -235,7 +235,9 @@ def _load_stage1(init_from: Path | None, config: Config, num_classes: int) -> nn
     if spec["role"] != "stage1" or not spec["use_informed_slice"] or spec["num_classes"] != num_classes:
         raise StoreError(init_from, f"expected a stage-1 GEM-3D denoiser for {num_classes} classes, found {spec}")
     for section in ("autoencoder", "denoiser", "diffusion"):
-        if meta["config"][section] != getattr(config, section).model_dump(mode="json"):
+        ours = getattr(config, section)
+        # validated, so that a bundle written before a field existed compares with that field's default
+        if type(ours).model_validate(meta["config"][section]) != ours:
             raise StoreError(init_from, f"the bundle's {section} config differs from this run's")
     return network
 

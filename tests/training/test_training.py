@@ -13,6 +13,7 @@ from PIL import Image
 from gem3d.checkpoints import ModelSpec, build_model, load_model, save_model
 from gem3d.config import Config
 from gem3d.data import SliceDataset
+from gem3d.errors import StoreError
 from gem3d.lineage import sha256_file
 from gem3d.models.autoencoder import build_autoencoder
 from gem3d.models.conditioning import GEM3DDenoiser, SliceGenerator
@@ -190,3 +191,20 @@ def test_latent_stage_keys_change_with_the_pretrained_autoencoders_files(tmp_pat
     (folder / "config.json").write_text(json.dumps(settings | {"scaling_factor": 0.5}))
     rescaled = _stage_keys(config, small_store, tmp_path)
     assert all(rescaled[stage] != retrained[stage] for stage in LATENT_STAGES)
+
+
+def test_stage2_accepts_a_stage1_bundle_written_before_a_config_field_existed(
+    tmp_path: Path, small_store: Path
+) -> None:
+    """A field added later (here Min-SNR) is read at its default from an older bundle; a real difference is refused."""
+    config = tiny_config({"stage1": {"steps": 2}, "stage2": {"steps": 2}})
+    stage1 = train_stage("stage1", config, small_store, tmp_path)
+    meta_path = stage1.bundle_dir / "model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["diffusion"]["min_snr_gamma"]
+    meta_path.write_text(json.dumps(meta))
+    train_stage("stage2", config, small_store, tmp_path / "older", init_from=stage1.bundle_dir)
+    meta["config"]["diffusion"]["prediction_type"] = "v_prediction"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="diffusion config differs"):
+        train_stage("stage2", config, small_store, tmp_path / "other", init_from=stage1.bundle_dir)
