@@ -92,8 +92,8 @@ class _Scanner:
 # A case is drawn on one of these, so a dataset mixes appearances the way multi-centre data does.
 _MRI_SCANNERS = (
     _Scanner(bias_strength=0.5, noise=(0.015, 0.03), gamma=1.0, texture=1.0),
-    _Scanner(bias_strength=1.0, noise=(0.03, 0.05), gamma=0.85, texture=1.5),
-    _Scanner(bias_strength=1.6, noise=(0.05, 0.08), gamma=1.2, texture=2.0),
+    _Scanner(bias_strength=1.0, noise=(0.03, 0.05), gamma=0.75, texture=1.5),
+    _Scanner(bias_strength=1.6, noise=(0.05, 0.08), gamma=1.35, texture=2.0),
 )
 _CT_SCANNERS = (
     _Scanner(bias_strength=0.0, noise=(6.0, 12.0), gamma=1.0, texture=1.0),
@@ -101,6 +101,41 @@ _CT_SCANNERS = (
     _Scanner(bias_strength=10.0, noise=(20.0, 32.0), gamma=1.0, texture=2.2),
 )
 
+
+@dataclass(frozen=True)
+class _ContrastPhase:
+    """Hounsfield ranges of the enhancing tissues in one CT contrast phase (multi-phase data such as
+    AbdomenCT-1K mixes them): the phase sets most of how a case looks inside the soft-tissue window."""
+
+    liver: tuple[float, float]
+    spleen: tuple[float, float]
+    kidney_cortex: tuple[float, float]
+    medulla_drop: tuple[float, float]  # cortex minus medulla
+    pancreas: tuple[float, float]
+    blood: tuple[float, float]
+
+
+_CONTRAST_PHASES = (
+    _ContrastPhase(  # unenhanced
+        liver=(50, 65), spleen=(40, 50), kidney_cortex=(28, 40), medulla_drop=(0, 5), pancreas=(35, 45), blood=(35, 50)
+    ),
+    _ContrastPhase(  # late arterial
+        liver=(60, 80),
+        spleen=(90, 130),
+        kidney_cortex=(170, 240),
+        medulla_drop=(80, 130),
+        pancreas=(95, 130),
+        blood=(220, 330),
+    ),
+    _ContrastPhase(  # portal venous
+        liver=(100, 130),
+        spleen=(105, 130),
+        kidney_cortex=(150, 200),
+        medulla_drop=(20, 60),
+        pancreas=(80, 110),
+        blood=(140, 190),
+    ),
+)
 
 # Brain tissue codes, indexes into per-subject FLAIR levels.
 _B_BACKGROUND, _B_SKULL, _B_CSF, _B_WHITE, _B_GREY, _B_OEDEMA, _B_NECROTIC, _B_ENHANCING = range(8)
@@ -155,9 +190,12 @@ def make_brain_phantom(
     tissue[label == 2] = _B_NECROTIC
     tissue[label == 3] = _B_ENHANCING
     scanner = _MRI_SCANNERS[int(rng.integers(len(_MRI_SCANNERS)))]
+    # FLAIR protocols differ between centres: how well CSF is nulled, grey/white contrast, scalp fat signal,
+    # and how bright lesions come out relative to white matter (which, after percentile normalisation,
+    # shifts the whole head)
     levels = np.array(
-        [0.0, rng.uniform(0.55, 0.85), rng.uniform(0.08, 0.22), 1.0, rng.uniform(1.1, 1.3)]
-        + [rng.uniform(1.45, 2.0), rng.uniform(0.5, 1.1), rng.uniform(1.1, 1.6)],
+        [0.0, rng.uniform(0.25, 1.3), rng.uniform(0.05, 0.6), 1.0, rng.uniform(1.0, 1.5)]
+        + [rng.uniform(1.25, 2.8), rng.uniform(0.3, 1.2), rng.uniform(0.9, 2.0)],
         dtype=np.float32,
     )
     texture = 1 + scanner.texture * rng.uniform(0.03, 0.08) * _smooth_noise(rng, shape, (16, 16, 8))
@@ -305,12 +343,13 @@ def make_abdomen_phantom(
         tissue[body & (_ellipsoid_radius(plane, (offset_right, spine + offset_anterior), semi) < 1)] = code
     tissue[body & disc & (_ellipsoid_radius(plane, (0.0, spine), (0.12, 0.10)) < 1)] = _A_MUSCLE
 
-    kidney_hu = rng.uniform(120, 190)
+    phase = _CONTRAST_PHASES[int(rng.integers(len(_CONTRAST_PHASES)))]
+    kidney_hu = rng.uniform(*phase.kidney_cortex)
     levels = np.array(
         [-1000, rng.uniform(-115, -85), rng.uniform(35, 55), rng.uniform(10, 40), rng.uniform(-980, -900)]
-        + [rng.uniform(300, 450), rng.uniform(700, 1100), rng.uniform(40, 220), rng.uniform(5, 20)]
-        + [rng.uniform(50, 72), kidney_hu, kidney_hu - rng.uniform(20, 60), rng.uniform(42, 60)]
-        + [rng.uniform(32, 50)],
+        + [rng.uniform(300, 450), rng.uniform(700, 1100), rng.uniform(*phase.blood), rng.uniform(5, 20)]
+        + [rng.uniform(*phase.liver), kidney_hu, kidney_hu - rng.uniform(*phase.medulla_drop)]
+        + [rng.uniform(*phase.spleen), rng.uniform(*phase.pancreas)],
         dtype=np.float32,
     )
     scanner = _CT_SCANNERS[int(rng.integers(len(_CT_SCANNERS)))]
