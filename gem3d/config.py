@@ -156,10 +156,19 @@ class SamplingConfig(_Section):
     overlap: int = Field(1, ge=0)
     overlapped_inpainting: bool = True
     directions: Literal["both", "up"] = "both"
+    resample: int = Field(
+        0, ge=0, description="RePaint-style extra passes per step for windows with known frames (DDIM only)"
+    )
     settings: tuple[Literal["ic", "icma", "ig", "igma"], ...] = ("ic", "icma", "ig", "igma")
     variants_per_case: int = 1
     volumes_per_batch: int = 4
     decode_chunk: int = 16
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplingConfig:
+        if self.resample and self.sampler != "ddim":
+            raise ValueError(f"sampling.resample needs sampler 'ddim', got {self.sampler!r}")
+        return self
 
 
 class EditConfig(_Section):

@@ -47,6 +47,7 @@ class SamplerSettings:
     overlap: int = 1
     overlapped_inpainting: bool = True
     directions: Literal["both", "up"] = "both"
+    resample: int = 0
 
     @classmethod
     def from_config(cls, config: SamplingConfig) -> SamplerSettings:
@@ -58,6 +59,7 @@ class SamplerSettings:
             overlap=config.overlap,
             overlapped_inpainting=config.overlapped_inpainting,
             directions=config.directions,
+            resample=config.resample,
         )
 
 
@@ -105,35 +107,65 @@ def denoise_windows(
     known_frames: Sequence[KnownFrames | None],
     noise_seeds: Sequence[int],
     eta: float = 0.0,
+    resample: int = 0,
 ) -> torch.Tensor:
     """Run one full reverse process for a batch of same-length windows, inpainting each one's known frames.
 
     `scheduler` must have its timesteps set. `known_frames[b]` (or None) replaces the frames of window b at its
     `positions` at every step, noised to the step's true timestep, and exactly after the last step.
-    Sampling noise and inpainting noise come from two generators seeded by `noise_seeds[b]`, so neither the
-    batch nor switching inpainting off changes the other draws.
+    `resample` > 0 (DDIM only) harmonises windows that have known frames, as RePaint does: each step but the
+    last is taken `resample` extra times, noising the result back to the step's timestep in between, so the
+    generated frames settle onto the known ones; windows without known frames come out exactly as without it.
+    Sampling, inpainting and harmonising noise come from separate generators seeded by `noise_seeds[b]`, so
+    neither the batch nor either option changes the other draws.
     """
+    if resample and not isinstance(scheduler, DDIMScheduler):
+        raise ValueError("resampling needs the DDIM sampler: a multistep solver keeps a history it would corrupt")
     device, dtype = informed_slices.device, informed_slices.dtype
     batch, length = mask_windows.shape[:2]
     frame_shape = (length, *informed_slices.shape[1:])
     sampling = [_generator(device, seed, "sampling") for seed in noise_seeds]
     inpainting = [_generator(device, seed, "inpainting") for seed in noise_seeds]
+    harmonising = [_generator(device, seed, "harmonising") for seed in noise_seeds]
+    harmonised = torch.tensor([known is not None and bool(known.positions) for known in known_frames], device=device)
+    rounds = 1 + resample if bool(harmonised.any()) else 1
     sample = _draw(frame_shape, sampling, device, dtype) * scheduler.init_noise_sigma  # (B, L, C, H, W)
-    for timestep in scheduler.timesteps:
-        sample = _replace_known(sample, known_frames, inpainting, scheduler, timestep)
-        prediction = denoiser(
-            scheduler.scale_model_input(sample, timestep),
-            torch.full((batch,), int(timestep), dtype=torch.long, device=device),
-            mask_windows,
-            informed_slices,
-        )
-        step_options = {}
-        if isinstance(scheduler, DDIMScheduler):
-            step_options["eta"] = eta
-            if eta > 0:
-                step_options["variance_noise"] = _draw(frame_shape, sampling, device, dtype)
-        sample = scheduler.step(prediction, timestep, sample, **step_options).prev_sample
+    for index, timestep in enumerate(scheduler.timesteps):
+        passes = 1 if index == len(scheduler.timesteps) - 1 else rounds
+        for round_index in range(passes):
+            extra = round_index < passes - 1
+            noisy = _replace_known(sample, known_frames, inpainting, scheduler, timestep)
+            prediction = denoiser(
+                scheduler.scale_model_input(noisy, timestep),
+                torch.full((batch,), int(timestep), dtype=torch.long, device=device),
+                mask_windows,
+                informed_slices,
+            )
+            generators = harmonising if extra else sampling
+            step_options = {}
+            if isinstance(scheduler, DDIMScheduler):
+                step_options["eta"] = eta
+                if eta > 0:
+                    step_options["variance_noise"] = _draw(frame_shape, generators, device, dtype)
+            stepped = scheduler.step(prediction, timestep, noisy, **step_options).prev_sample
+            if extra:
+                renoised = _renoise(stepped, scheduler, timestep, harmonising)
+                sample = torch.where(harmonised.reshape(-1, 1, 1, 1, 1), renoised, sample)
+            else:
+                sample = stepped
     return _replace_known(sample, known_frames, inpainting, scheduler, None)
+
+
+def _renoise(
+    sample: torch.Tensor, scheduler: DDIMScheduler, timestep: torch.Tensor, generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """Take a DDIM step's result (at the previous timestep) back to `timestep`: sample q(x_t | x_prev)."""
+    previous = int(timestep) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    alpha_bar = scheduler.alphas_cumprod[int(timestep)]
+    alpha_bar_previous = scheduler.alphas_cumprod[previous] if previous >= 0 else scheduler.final_alpha_cumprod
+    ratio = (alpha_bar / alpha_bar_previous).to(sample.device, sample.dtype)
+    noise = _draw(tuple(sample.shape[1:]), generators, sample.device, sample.dtype)  # (B, L, C, H, W)
+    return ratio.sqrt() * sample + (1 - ratio).sqrt() * noise
 
 
 @torch.inference_mode()
@@ -175,7 +207,14 @@ def sample_volumes(
             derive_seed(requests[task.request_index].seed, task.direction, task.window_index) for task in batch
         ]
         generated = denoise_windows(
-            denoiser, scheduler, mask_windows, informed_slices, known_frames, noise_seeds, settings.eta
+            denoiser,
+            scheduler,
+            mask_windows,
+            informed_slices,
+            known_frames,
+            noise_seeds,
+            settings.eta,
+            settings.resample,
         )  # (B, L, C, H, W)
         for task, frames in zip(batch, generated, strict=True):
             window = task.window
@@ -195,7 +234,12 @@ def count_network_calls(
     """Sequential denoiser calls `sample_volumes` makes for these requests (the cost that batching cuts)."""
     scheduler = make_sampling_scheduler(diffusion_config, settings.sampler)
     scheduler.set_timesteps(settings.steps)
-    return len(scheduler.timesteps) * len(_plan_batches(requests, settings, window_length, batch_chains))
+    steps = len(scheduler.timesteps)
+    batches = _plan_batches(requests, settings, window_length, batch_chains)
+    harmonised = sum(
+        settings.overlapped_inpainting and any(task.window.known_positions for task in batch) for batch in batches
+    )
+    return steps * len(batches) + (steps - 1) * settings.resample * harmonised
 
 
 def _plan_batches(
