@@ -156,6 +156,9 @@ class SamplingConfig(_Section):
     overlap: int = Field(1, ge=0)
     overlapped_inpainting: bool = True
     directions: Literal["both", "up"] = "both"
+    start_slice: Literal["random", "labelled"] = Field(
+        "random", description="random: any slice (the paper's); labelled: a slice holding foreground labels"
+    )
     resample: int = Field(
         0, ge=0, description="RePaint-style extra passes per step for windows with known frames (DDIM only)"
     )

@@ -7,9 +7,11 @@ counterfactuals, de-enhancement and test-split regeneration.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from gem3d.config import Config
@@ -62,17 +64,30 @@ class SynthesisPlan(_Frozen):
         )
 
 
-def _source_mask(store: str | Path, case_id: str) -> tuple[int, str]:
-    """(slices, sha256 of the stored label array) of a case."""
+@dataclass(frozen=True)
+class _SourceMask:
+    num_slices: int
+    sha256: str
+    labelled: tuple[int, ...]  # axial slices holding any foreground label
+
+
+def _source_mask(store: str | Path, case_id: str) -> _SourceMask:
+    """Slice count, sha256 of the stored label array, and the labelled slices of a case."""
     _, label = open_case_arrays(store, case_id)
-    return label.shape[0], sha256_array(label[:])
+    label = label[:]  # (Z, H, W)
+    labelled = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))
+    return _SourceMask(label.shape[0], sha256_array(label), tuple(int(index) for index in labelled))
 
 
-def _start_slice(seed: int, num_slices: int, config: Config) -> int:
-    """A random start slice from the plan's seed; 0 when sampling only upwards (the ablation)."""
+def _start_slice(seed: int, mask: _SourceMask, config: Config) -> int:
+    """The start slice from the plan's seed: uniform over all slices ("random", the paper's) or over the labelled
+    ones ("labelled": the informed slice then shows the lesion or organs too); 0 when sampling only upwards."""
     if config.sampling.directions == "up":
         return 0
-    return int(derived_rng(seed, "start_slice").integers(num_slices))
+    rng = derived_rng(seed, "start_slice")
+    if config.sampling.start_slice == "labelled" and mask.labelled:
+        return mask.labelled[int(rng.integers(len(mask.labelled)))]
+    return int(rng.integers(mask.num_slices))
 
 
 def plan_enhancement(
@@ -100,19 +115,21 @@ def plan_enhancement(
     edits = tuple(default_augmentation(config.edits, recorded_dataset_name(store))) if setting.endswith("ma") else ()
     plans = []
     for case_id in case_ids:
-        num_slices, mask_sha256 = _source_mask(store, case_id)
+        mask = _source_mask(store, case_id)
         for variant in range(per_case):
             seed = derive_seed(base_seed, setting, case_id, variant)
-            start = _start_slice(seed, num_slices, config)
+            start = _start_slice(seed, mask, config)
             if setting.startswith("ic"):
-                informed_case, index = pick_chosen(store, pool, case_id, start, num_slices, derive_seed(seed, "pool"))
+                informed_case, index = pick_chosen(
+                    store, pool, case_id, start, mask.num_slices, derive_seed(seed, "pool")
+                )
                 informed = InformedChoice(mode="chosen", case_id=informed_case, slice_index=index)
             else:
                 informed = InformedChoice(mode="generated", generator_sha256=generator_sha256)
             plans.append(
                 SynthesisPlan.create(
                     source_case_id=case_id,
-                    source_mask_sha256=mask_sha256,
+                    source_mask_sha256=mask.sha256,
                     setting=setting,
                     variant=variant,
                     seed=seed,
@@ -152,22 +169,22 @@ def plan_counterfactual(
     """
     declared = tuple(parse_edit(edit) if isinstance(edit, str) else edit for edit in edits)
     reference_case, reference_slice = parse_reference(slice_from) if slice_from else (mask_from, None)
-    num_slices, mask_sha256 = _source_mask(store, mask_from)
+    mask = _source_mask(store, mask_from)
     reference_slices = open_case_arrays(store, reference_case)[0].shape[0]
     plans = []
     for variant in range(variants):
         seed = derive_seed(base_seed, "counterfactual", mask_from, slice_from, variant)
         if reference_slice is None:
-            start = _start_slice(seed, num_slices, config)
-            index = relative_slice(start, num_slices, reference_slices)
+            start = _start_slice(seed, mask, config)
+            index = relative_slice(start, mask.num_slices, reference_slices)
             informed = InformedChoice(mode="chosen", case_id=reference_case, slice_index=index)
         else:
-            start = _mapped_start(reference_slice, reference_slices, num_slices, config)
+            start = _mapped_start(reference_slice, reference_slices, mask.num_slices, config)
             informed = InformedChoice(mode="fixed", case_id=reference_case, slice_index=reference_slice)
         plans.append(
             SynthesisPlan.create(
                 source_case_id=mask_from,
-                source_mask_sha256=mask_sha256,
+                source_mask_sha256=mask.sha256,
                 setting="counterfactual",
                 variant=variant,
                 seed=seed,
@@ -202,7 +219,7 @@ def plan_deenhancement(
         references.append((case_id, index, open_case_arrays(store, case_id)[0].shape[0]))
     plans = []
     for case_id in case_ids:
-        num_slices, mask_sha256 = _source_mask(store, case_id)
+        mask = _source_mask(store, case_id)
         seed = derive_seed(base_seed, "deenhance", case_id)
         reference_case, reference_slice, reference_slices = references[
             int(derived_rng(seed, "reference").integers(len(references)))
@@ -210,11 +227,11 @@ def plan_deenhancement(
         plans.append(
             SynthesisPlan.create(
                 source_case_id=case_id,
-                source_mask_sha256=mask_sha256,
+                source_mask_sha256=mask.sha256,
                 setting="deenhance",
                 variant=0,
                 seed=seed,
-                start_slice=_mapped_start(reference_slice, reference_slices, num_slices, config),
+                start_slice=_mapped_start(reference_slice, reference_slices, mask.num_slices, config),
                 informed=InformedChoice(mode="fixed", case_id=reference_case, slice_index=reference_slice),
                 checkpoint_sha256=checkpoint_sha256,
                 config_hash=config_hash,
@@ -235,14 +252,14 @@ def plan_test_regeneration(
     """Fidelity plans: each (test) case from its own mask and its own slice at a random start slice."""
     plans = []
     for case_id in case_ids:
-        num_slices, mask_sha256 = _source_mask(store, case_id)
+        mask = _source_mask(store, case_id)
         for variant in range(variants):
             seed = derive_seed(base_seed, "test", case_id, variant)
-            start = _start_slice(seed, num_slices, config)
+            start = _start_slice(seed, mask, config)
             plans.append(
                 SynthesisPlan.create(
                     source_case_id=case_id,
-                    source_mask_sha256=mask_sha256,
+                    source_mask_sha256=mask.sha256,
                     setting="test",
                     variant=variant,
                     seed=seed,

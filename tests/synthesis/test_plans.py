@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from gem3d.editing import RemoveLabel, Rotate, default_augmentation
@@ -155,3 +156,29 @@ def test_upward_only_sampling_starts_every_plan_at_slice_zero(store, cases):
     upward = CONFIG.model_copy(update={"sampling": CONFIG.sampling.model_copy(update={"directions": "up"})})
     plans = plan_test_regeneration(store, cases, upward, CHECKPOINT, CONFIG_HASH, variants=2)
     assert {plan.start_slice for plan in plans} == {0}
+
+
+def _labelled_slices(store, case_id):
+    _, label = read_case(store, case_id)
+    return {int(index) for index in np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))}
+
+
+def _starting(sampling_update: dict):
+    return CONFIG.model_copy(update={"sampling": CONFIG.sampling.model_copy(update=sampling_update)})
+
+
+def test_labelled_start_draws_only_slices_that_show_the_labels(store, cases):
+    labelled = _starting({"start_slice": "labelled"})
+    plans = plan_test_regeneration(store, cases, labelled, CHECKPOINT, CONFIG_HASH, variants=8)
+    plans += plan_enhancement(store, cases, "ic", 8, labelled, CHECKPOINT, CONFIG_HASH)
+    for plan in plans:
+        assert plan.start_slice in _labelled_slices(store, plan.source_case_id)
+        if plan.setting == "test":  # its own slice: the informed slice shows the labels too
+            assert plan.informed.slice_index == plan.start_slice
+    assert len({plan.start_slice for plan in plans}) > 2, "still drawn at random among the labelled slices"
+
+
+def test_random_start_reaches_unlabelled_slices_too(store, cases):
+    assert all(len(_labelled_slices(store, case)) < read_case(store, case)[1].shape[0] for case in cases)
+    plans = plan_test_regeneration(store, cases, CONFIG, CHECKPOINT, CONFIG_HASH, variants=16)
+    assert any(plan.start_slice not in _labelled_slices(store, plan.source_case_id) for plan in plans)
