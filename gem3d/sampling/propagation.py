@@ -199,7 +199,7 @@ def sample_volumes(
         informed_slices = torch.stack([_informed_slice(task, requests, volumes) for task in batch])  # (B, C, H, W)
         known_frames = [
             KnownFrames(volumes[task.request_index][list(task.window.known_slices)], task.window.known_positions)
-            if settings.overlapped_inpainting and task.window.known_positions
+            if _inpaints(task, settings)
             else None
             for task in batch
         ]
@@ -236,9 +236,7 @@ def count_network_calls(
     scheduler.set_timesteps(settings.steps)
     steps = len(scheduler.timesteps)
     batches = _plan_batches(requests, settings, window_length, batch_chains)
-    harmonised = sum(
-        settings.overlapped_inpainting and any(task.window.known_positions for task in batch) for batch in batches
-    )
+    harmonised = sum(any(_inpaints(task, settings) for task in batch) for batch in batches)
     return steps * len(batches) + (steps - 1) * settings.resample * harmonised
 
 
@@ -263,6 +261,11 @@ def _tasks(index: int, request: VolumeRequest, settings: SamplerSettings, window
         for chain, levels in zip(chains, dependency_levels(chains), strict=True)
         for window_index, (window, level) in enumerate(zip(chain.windows, levels, strict=True))
     ]
+
+
+def _inpaints(task: _Task, settings: SamplerSettings) -> bool:
+    """Whether the window overwrites known frames (and so is harmonised when resampling)."""
+    return settings.overlapped_inpainting and bool(task.window.known_positions)
 
 
 def _batch_key(task: _Task, requests: Sequence[VolumeRequest]) -> tuple:
