@@ -51,7 +51,7 @@ def benchmark_config(
     raw["data"]["split_fractions"] = [1 - test_fraction - val_fraction, val_fraction, test_fraction]
     raw["evaluation"]["outline_ablation"] = outline_ablation
     raw["evaluation"]["scarce_fraction"] = min(1.0, scarce_cases / train_cases)
-    path = folder / f"{preset}-fidelity.yaml"
+    path = folder / f"{Path(preset).stem}-fidelity.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 

@@ -156,8 +156,10 @@ class SamplingConfig(_Section):
     overlap: int = Field(1, ge=0)
     overlapped_inpainting: bool = True
     directions: Literal["both", "up"] = "both"
-    start_slice: Literal["random", "labelled"] = Field(
-        "random", description="random: any slice (the paper's); labelled: a slice holding foreground labels"
+    start_slice: Literal["random", "labelled", "most_labels"] = Field(
+        "random",
+        description="random: any slice (the paper's); labelled: a slice holding foreground labels; most_labels: "
+        "a slice holding the most distinct labels",
     )
     resample: int = Field(
         0, ge=0, description="RePaint-style extra passes per step for windows with known frames (DDIM only)"

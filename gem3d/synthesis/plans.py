@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from einops import rearrange
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
@@ -69,24 +70,36 @@ class _SourceMask:
     num_slices: int
     sha256: str
     labelled: tuple[int, ...]  # axial slices holding any foreground label
+    richest: tuple[int, ...]  # axial slices holding the most distinct foreground labels
 
 
 def _source_mask(store: str | Path, case_id: str) -> _SourceMask:
-    """Slice count, sha256 of the stored label array, and the labelled slices of a case."""
+    """Slice count, sha256 of the stored label array, its labelled slices and those with the most labels."""
     _, label = open_case_arrays(store, case_id)
     label = label[:]  # (Z, H, W)
-    labelled = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))
-    return _SourceMask(label.shape[0], sha256_array(label), tuple(int(index) for index in labelled))
+    per_slice = rearrange(label, "z h w -> z (h w)")
+    labelled = np.flatnonzero(per_slice.any(axis=1))
+    kinds = np.array([np.unique(row[row > 0]).size for row in per_slice])
+    richest = np.flatnonzero(kinds == kinds.max()) if kinds.max() > 0 else np.array([], dtype=int)
+    return _SourceMask(
+        label.shape[0],
+        sha256_array(label),
+        tuple(int(index) for index in labelled),
+        tuple(int(index) for index in richest),
+    )
 
 
 def _start_slice(seed: int, mask: _SourceMask, config: Config) -> int:
-    """The start slice from the plan's seed: uniform over all slices ("random", the paper's) or over the labelled
-    ones ("labelled": the informed slice then shows the lesion or organs too); 0 when sampling only upwards."""
+    """The start slice from the plan's seed: uniform over all slices ("random", the paper's), over the labelled
+    ones ("labelled": the informed slice then shows the lesion or organs too) or over those showing the most
+    distinct labels ("most_labels": it shows as many organs' contrast as one slice can); 0 when sampling only
+    upwards."""
     if config.sampling.directions == "up":
         return 0
     rng = derived_rng(seed, "start_slice")
-    if config.sampling.start_slice == "labelled" and mask.labelled:
-        return mask.labelled[int(rng.integers(len(mask.labelled)))]
+    candidates = {"labelled": mask.labelled, "most_labels": mask.richest}.get(config.sampling.start_slice, ())
+    if candidates:
+        return candidates[int(rng.integers(len(candidates)))]
     return int(rng.integers(mask.num_slices))
 
 

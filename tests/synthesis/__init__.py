@@ -25,9 +25,10 @@ CONFIG = Config(
 )
 
 
-def build_store(root: Path, cases: int = 4) -> Path:
-    """Ingest a tiny MSD dataset into a real Zarr store with a manifest (2 train, 1 val, 1 test for 4 cases)."""
-    info = discover_dataset(write_msd_dataset(root / "raw", cases=cases))
+def build_store(root: Path, cases: int = 4, raw: Path | None = None) -> Path:
+    """Ingest a tiny MSD dataset (or the dataset at `raw`) into a real Zarr store with a manifest (2 train, 1 val,
+    1 test for 4 cases)."""
+    info = discover_dataset(raw or write_msd_dataset(root / "raw", cases=cases))
     store = init_store(
         root / "store.zarr",
         {"modality": info.modality, "labels": {str(k): v for k, v in sorted(info.labels.items())}},

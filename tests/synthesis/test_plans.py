@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gem3d.editing import RemoveLabel, Rotate, default_augmentation
+from gem3d.io.phantoms import write_phantom_dataset
 from gem3d.lineage import sha256_array
 from gem3d.sampling.informed import most_foreground_slice, relative_slice
 from gem3d.store import read_case, read_manifest
@@ -182,3 +183,28 @@ def test_random_start_reaches_unlabelled_slices_too(store, cases):
     assert all(len(_labelled_slices(store, case)) < read_case(store, case)[1].shape[0] for case in cases)
     plans = plan_test_regeneration(store, cases, CONFIG, CHECKPOINT, CONFIG_HASH, variants=16)
     assert any(plan.start_slice not in _labelled_slices(store, plan.source_case_id) for plan in plans)
+
+
+@pytest.fixture(scope="module")
+def brain_store(tmp_path_factory):
+    """Brain phantoms: oedema alone at the tumour's ends, all three labels through its core."""
+    root = tmp_path_factory.mktemp("brain-plans")
+    return build_store(root, raw=write_phantom_dataset(root / "raw", "brain", 4, shape=(40, 40, 20)))
+
+
+def _slices_with_most_labels(store, case_id):
+    _, label = read_case(store, case_id)
+    kinds = np.array([np.unique(slice_[slice_ > 0]).size for slice_ in label])
+    return {int(index) for index in np.flatnonzero(kinds == kinds.max())}
+
+
+def test_most_labels_start_draws_only_slices_showing_the_most_distinct_labels(brain_store):
+    store, cases = brain_store, sorted(read_manifest(brain_store)["case_id"])
+    assert any(_slices_with_most_labels(store, case) < _labelled_slices(store, case) for case in cases)
+    richest = _starting({"start_slice": "most_labels"})
+    plans = plan_test_regeneration(store, cases, richest, CHECKPOINT, CONFIG_HASH, variants=8)
+    plans += plan_enhancement(store, cases, "ic", 8, richest, CHECKPOINT, CONFIG_HASH)
+    for plan in plans:
+        assert plan.start_slice in _slices_with_most_labels(store, plan.source_case_id)
+    labelled = plan_test_regeneration(store, cases, _starting({"start_slice": "labelled"}), CHECKPOINT, CONFIG_HASH, 8)
+    assert any(plan.start_slice not in _slices_with_most_labels(store, plan.source_case_id) for plan in labelled)
