@@ -30,7 +30,6 @@ from gem3d.anatomy import anatomy_outline
 from gem3d.config import Config, DataConfig, EvaluationConfig
 from gem3d.evaluation import evaluate
 from gem3d.evaluation.scores import MMD_SAMPLE
-from gem3d.evaluation.selection import sampler_settings
 from gem3d.features import slice_targets, train_feature_extractor, volume_slices
 from gem3d.lineage import CheckpointRef, LineageRecord
 from gem3d.metrics import FeatureReservoir, frechet_distance, mmd, seam_score
@@ -38,6 +37,7 @@ from gem3d.sampling.windows import window_boundaries
 from gem3d.segmentation import compare_real_vs_augmented
 from gem3d.store import MANIFEST, init_store, publish_case, read_case, stage_case, write_table_atomic
 from gem3d.synthesis import SynthesisPlan, SyntheticVolume
+from gem3d.synthesis.records import sampler_record
 from gem3d.synthetic_store import list_synthetic, read_synthetic, write_synthetic
 
 WEIGHTS_SHA256 = "b" * 64
@@ -98,7 +98,7 @@ def _synthetic_volume(case_id: str, image: np.ndarray, label: np.ndarray, config
         synthetic_id=plan.synthetic_id,
         source_case_id=case_id,
         start_slice=plan.start_slice,
-        sampler=sampler_settings(config),
+        sampler=sampler_record(config),
         checkpoints=[CheckpointRef(role="stage2", path="bench", sha256=WEIGHTS_SHA256)],
     )
     return SyntheticVolume(plan, image, label, record)

@@ -187,13 +187,18 @@ def main() -> None:
         + ", ".join(f"{name} {count}/{total}" for name, (count, total) in figures["quarantined"].items())
     )
     for key, title in ARMS.items():
-        values = [metrics.get(f"{key}.{name}", float("nan")) for name in ("psnr", "ssim", "ms_ssim")]
+        if f"{key}.psnr" not in metrics:
+            print(f"{title}: not run")
+            continue
+        values = [metrics[f"{key}.{name}"] for name in ("psnr", "ssim", "ms_ssim")]
         print(f"{title}: PSNR {values[0]:.2f} dB, SSIM {values[1]:.3f}, MS-SSIM {values[2]:.3f}")
     real_seam = metrics.get("real.seam_overlap", float("nan"))
+    outline_seam = metrics.get("nooutline.seam_overlap")
     print(
         f"seam ratio: overlapped inpainting {metrics.get('gem3d.seam_overlap', float('nan')):.3f}, "
         f"no overlap {metrics.get('gem3d.seam_no_overlap', float('nan')):.3f}, "
-        f"no outline {metrics.get('nooutline.seam_overlap', float('nan')):.3f}, real volumes {real_seam:.3f}"
+        + ("" if outline_seam is None else f"no outline {outline_seam:.3f}, ")
+        + f"real volumes {real_seam:.3f}"
     )
     frechet = ", ".join(f"{name} {metrics[f'{name}.frechet']:.3g}" for name in SETTINGS if f"{name}.frechet" in metrics)
     print(f"Frechet distance: {frechet}; real test vs train {metrics.get('realonly.frechet', float('nan')):.3g}")

@@ -164,6 +164,11 @@ class SamplingConfig(_Section):
     resample: int = Field(
         0, ge=0, description="RePaint-style extra passes per step for windows with known frames (DDIM only)"
     )
+    match_label_means: bool = Field(
+        False,
+        description="after sampling, shift each label's mean intensity to its mean on a real informed slice "
+        "(labels the slice shows): carries a case's contrast (e.g. CT phase) that a briefly trained model under-draws",
+    )
     settings: tuple[Literal["ic", "icma", "ig", "igma"], ...] = ("ic", "icma", "ig", "igma")
     variants_per_case: int = 1
     volumes_per_batch: int = 4

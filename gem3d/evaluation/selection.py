@@ -8,16 +8,16 @@ had (from its lineage record), and only volumes derived from training cases alon
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gem3d.checkpoints import SPEC_FILE, read_bundle_meta
 from gem3d.config import Config
 from gem3d.lineage import LineageRecord
-from gem3d.sampling.propagation import SamplerSettings
 from gem3d.sampling.windows import window_boundaries
 from gem3d.splits import TRAINING_SPLITS, derived_split
+from gem3d.synthesis.records import sampler_record
 from gem3d.synthetic_store import list_synthetic, synthetic_attributes
 
 BUNDLE_ROLES = ("stage2", "baseline", "slicegen", "autoencoder")
@@ -29,11 +29,6 @@ def recorded_boundaries(record: LineageRecord, num_slices: int) -> list[int]:
     return window_boundaries(
         num_slices, record.start_slice, sampler["window_length"], sampler["overlap"], sampler["directions"]
     )
-
-
-def sampler_settings(config: Config) -> dict[str, Any]:
-    """The sampler settings a lineage record names, as the current config sets them (device left aside)."""
-    return {**asdict(SamplerSettings.from_config(config.sampling)), "window_length": config.data.window_length}
 
 
 @dataclass(frozen=True)
@@ -61,7 +56,7 @@ class CurrentGeneration:
         if config.autoencoder.kind != "train":
             checkpoints.pop("autoencoder", None)
         unchecked = frozenset({"autoencoder"}) if config.autoencoder.kind == "pretrained" else frozenset()
-        return cls(checkpoints, sampler_settings(config), unchecked)
+        return cls(checkpoints, sampler_record(config), unchecked)
 
     def admits(self, record: LineageRecord) -> bool:
         """Whether the volume was made by the current checkpoints with the current sampler settings."""

@@ -31,6 +31,8 @@ class InformedSlice:
     image: np.ndarray  # (1, H, W) float32 in [-1, 1]
     provenance: dict[str, Any]
     source_files: tuple[SourceFile, ...] = field(default=())
+    label: np.ndarray | None = None
+    """(H, W) uint8: the real case's labels on this slice; None for a generated slice, which has none."""
 
     def reference(self) -> InformedSliceRef:
         """The provenance as the lineage record's `InformedSliceRef`."""
@@ -97,12 +99,13 @@ def _image_source(store: str | Path, case_id: str) -> SourceFile:
 
 
 def _store_slice(store: str | Path, case_id: str, slice_index: int, mode: str) -> InformedSlice:
-    image, _ = open_case_arrays(store, case_id)
+    image, label = open_case_arrays(store, case_id)
     if not 0 <= slice_index < image.shape[0]:
         raise ValueError(f"slice {slice_index} of case {case_id!r} outside [0, {image.shape[0]})")
     array = np.asarray(image[slice_index : slice_index + 1], dtype=np.float32)  # (1, H, W)
     provenance = {"mode": mode, "case_id": case_id, "slice_index": slice_index, "sha256": sha256_array(array)}
-    return InformedSlice(array, provenance, (_image_source(store, case_id),))
+    labels = np.asarray(label[slice_index], dtype=np.uint8)  # (H, W)
+    return InformedSlice(array, provenance, (_image_source(store, case_id),), labels)
 
 
 def chosen_slice(store: str | Path, case_id: str, slice_index: int) -> InformedSlice:

@@ -15,9 +15,10 @@ from gem3d.errors import InvalidEditError
 from gem3d.lineage import LineageRecord
 from gem3d.preprocess import denormalise_intensity
 from gem3d.sampling.propagation import SamplerSettings, sample_volumes
+from gem3d.synthesis.label_means import match_label_means
 from gem3d.synthesis.models import LoadedModels
 from gem3d.synthesis.plans import SynthesisPlan
-from gem3d.synthesis.preparation import check_models, generate_informed, prepare_all
+from gem3d.synthesis.preparation import PreparedPlan, check_models, generate_informed, prepare_all
 from gem3d.synthesis.records import lineage_record
 from gem3d.synthesis.requests import volume_request, window_denoiser
 
@@ -75,16 +76,25 @@ def synthesize(
             )
             for item, sample in zip(batch, samples, strict=True):
                 # (Z, C, h, w) -> (Z, 1, H, W) -> (Z, H, W)
-                decoded = models.codec.decode(sample, chunk=config.sampling.decode_chunk)[:, 0].float()
+                decoded = models.codec.decode(sample, chunk=config.sampling.decode_chunk)[:, 0].float().cpu().numpy()
+                decoded = _matched(decoded, item, config)
                 volumes.append(
                     SyntheticVolume(
                         item.plan,
-                        decoded.clamp(-1, 1).cpu().numpy(),
+                        np.clip(decoded, -1, 1),
                         item.mask,
-                        lineage_record(item, models, settings, config),
+                        lineage_record(item, models, config),
                         unclamped_range=(float(decoded.min()), float(decoded.max())),
-                        clamped_fraction=float((decoded.abs() > 1).float().mean()),
+                        clamped_fraction=float((np.abs(decoded) > 1).mean()),
                         outline=item.outline,
                     )
                 )
         return volumes
+
+
+def _matched(decoded: np.ndarray, item: PreparedPlan, config: Config) -> np.ndarray:
+    """The decoded `(Z, H, W)` volume, its label means moved to the real informed slice's when the config asks."""
+    informed = item.informed
+    if not config.sampling.match_label_means or informed is None or informed.label is None:
+        return decoded
+    return match_label_means(decoded, item.mask, informed.image[0], informed.label)

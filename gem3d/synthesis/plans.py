@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from einops import rearrange
 import numpy as np
+from einops import rearrange
 from pydantic import BaseModel, ConfigDict
 
 from gem3d.config import Config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 from gem3d.config import Config
 from gem3d.lineage import LineageRecord, code_version
@@ -11,9 +12,17 @@ from gem3d.synthesis.models import LoadedModels
 from gem3d.synthesis.preparation import PreparedPlan
 
 
-def lineage_record(
-    item: PreparedPlan, models: LoadedModels, settings: SamplerSettings, config: Config
-) -> LineageRecord:
+def sampler_record(config: Config) -> dict[str, Any]:
+    """The settings that decide how a volume is sampled from its plan, as its lineage record names them (the
+    device and kernel choice aside): the sampler's, the window length and the label-mean matching."""
+    return {
+        **asdict(SamplerSettings.from_config(config.sampling)),
+        "window_length": config.data.window_length,
+        "match_label_means": config.sampling.match_label_means,
+    }
+
+
+def lineage_record(item: PreparedPlan, models: LoadedModels, config: Config) -> LineageRecord:
     plan = item.plan
     checkpoints = [models.denoiser_ref, *([models.codec_ref] if models.codec_ref else [])]
     if item.informed is not None and item.informed.provenance["mode"] == "generated":
@@ -28,8 +37,7 @@ def lineage_record(
         informed_slice=item.informed.reference() if item.informed else None,
         start_slice=plan.start_slice,
         sampler={
-            **asdict(settings),
-            "window_length": config.data.window_length,
+            **sampler_record(config),
             "device": str(models.device),
             "deterministic_kernels": config.runtime.deterministic,
         },
