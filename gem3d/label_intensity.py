@@ -21,13 +21,14 @@ REFERENCE_SLICES = 32
 label are stable, and reading whole 512x512 volumes of a large training split would not be bounded."""
 
 
-def label_means(image: np.ndarray, label: np.ndarray) -> dict[int, float]:
-    """Mean of the finite `image` voxels inside each label present in `label` (background 0 included)."""
+def label_means(image: np.ndarray, label: np.ndarray, min_voxels: int = 1) -> dict[int, float]:
+    """Mean of the finite `image` voxels inside each label that `label` holds in at least `min_voxels` of them
+    (background 0 included)."""
     values, labels = np.asarray(image, dtype=np.float64).ravel(), np.asarray(label).ravel().astype(np.int64)
     finite = np.isfinite(values)
     counts = np.bincount(labels[finite])
     sums = np.bincount(labels[finite], weights=values[finite])
-    return {int(value): float(sums[value] / counts[value]) for value in np.flatnonzero(counts)}
+    return {int(value): float(sums[value] / counts[value]) for value in np.flatnonzero(counts >= max(min_voxels, 1))}
 
 
 def case_label_means(store: str | Path, case_id: str, max_slices: int = REFERENCE_SLICES) -> dict[int, float]:

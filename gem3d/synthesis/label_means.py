@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from gem3d.label_intensity import label_means
+
 MIN_SHOWN_VOXELS = 10
 """A label moves only when the informed slice shows it in at least this many voxels: fewer give a mean that is
 mostly noise."""
-
-
-def shown_label_means(image: np.ndarray, label: np.ndarray, min_voxels: int = MIN_SHOWN_VOXELS) -> dict[int, float]:
-    """Mean of `image` inside each foreground label that `label` shows in at least `min_voxels` voxels."""
-    labels = np.asarray(label).ravel().astype(np.int64)
-    counts = np.bincount(labels)
-    sums = np.bincount(labels, weights=np.asarray(image, dtype=np.float64).ravel())
-    return {int(value): float(sums[value] / counts[value]) for value in np.flatnonzero(counts >= min_voxels) if value}
 
 
 def match_label_means(
@@ -31,10 +25,9 @@ def match_label_means(
     `volume` and `mask` are `(Z, H, W)`, `informed` and `informed_label` `(H, W)`. Background and labels the
     slice does not show keep the model's values, and every region keeps its variation. Returns a new float32 volume.
     """
-    targets = shown_label_means(informed, informed_label)
     matched = np.array(volume, dtype=np.float32, copy=True)
-    for value, target in targets.items():
+    for value, target in label_means(informed, informed_label, MIN_SHOWN_VOXELS).items():
         inside = mask == value
-        if inside.any():
+        if value and inside.any():
             matched[inside] += np.float32(target - matched[inside].mean(dtype=np.float64))
     return matched

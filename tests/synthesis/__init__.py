@@ -11,7 +11,8 @@ from gem3d.config import Config, DataConfig, DenoiserConfig, EditConfig, Samplin
 from gem3d.ingest import build_manifest, process_case
 from gem3d.io.layouts import discover_dataset
 from gem3d.splits import assign_splits
-from gem3d.store import MANIFEST, init_store, publish_case, write_table_atomic
+from gem3d.store import MANIFEST, init_store, publish_case, read_manifest, write_table_atomic
+from gem3d.synthesis import LoadedModels, load_models
 from tests.builders import write_msd_dataset
 
 NUM_CLASSES = 2
@@ -65,3 +66,10 @@ def build_models(models_dir: Path, config: Config = CONFIG) -> Path:
         _perturb_zero_weights(module, index)
         save_model(module, spec, config, models_dir / role, extra={})
     return models_dir
+
+
+def build_setup(root: Path, config: Config = CONFIG) -> tuple[Path, Path, LoadedModels, list[str]]:
+    """`build_store` and `build_models` under `root`, the models loaded on CPU, and the store's case ids sorted."""
+    store = build_store(root)
+    models_dir = build_models(root / "models", config)
+    return store, models_dir, load_models(models_dir, config, device="cpu"), sorted(read_manifest(store)["case_id"])

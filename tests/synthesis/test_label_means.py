@@ -7,10 +7,10 @@ import pytest
 
 from gem3d.config import config_hash
 from gem3d.evaluation.selection import CurrentGeneration
-from gem3d.store import read_case, read_manifest
-from gem3d.synthesis import load_models, plan_enhancement, plan_test_regeneration, synthesize
+from gem3d.store import read_case
+from gem3d.synthesis import plan_enhancement, plan_test_regeneration, synthesize
 from gem3d.synthesis.label_means import MIN_SHOWN_VOXELS, match_label_means
-from tests.synthesis import CONFIG, build_models, build_store
+from tests.synthesis import CONFIG, build_setup
 
 PLAIN = CONFIG.model_copy(update={"sampling": CONFIG.sampling.model_copy(update={"start_slice": "labelled"})})
 MATCHED = PLAIN.model_copy(update={"sampling": PLAIN.sampling.model_copy(update={"match_label_means": True})})
@@ -57,10 +57,7 @@ def test_a_label_the_slice_shows_but_the_mask_lacks_changes_nothing():
 def generated(tmp_path_factory):
     """The same ic, test-setting and ig plans sampled without and with matching."""
     root = tmp_path_factory.mktemp("label-means")
-    store = build_store(root)
-    models_dir = build_models(root / "models")
-    models = load_models(models_dir, PLAIN, device="cpu")
-    cases = sorted(read_manifest(store)["case_id"])
+    store, models_dir, models, cases = build_setup(root, PLAIN)
     digest, generator = models.denoiser_ref.sha256, models.generator_ref.sha256
     plans = [
         *plan_enhancement(store, cases[:3], "ic", 1, PLAIN, digest, config_hash(PLAIN)),

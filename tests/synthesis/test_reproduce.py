@@ -11,20 +11,17 @@ import zarr
 from gem3d.config import config_hash
 from gem3d.errors import StoreError
 from gem3d.reproduce import generation_record, regenerate
-from gem3d.store import CASES, read_manifest
-from gem3d.synthesis import load_models, plan_counterfactual, plan_enhancement, synthesize
+from gem3d.store import CASES
+from gem3d.synthesis import plan_counterfactual, plan_enhancement, synthesize
 from gem3d.synthetic_store import write_synthetic
-from tests.synthesis import CONFIG, build_models, build_store
+from tests.synthesis import CONFIG, build_setup
 
 HASH = config_hash(CONFIG)
 
 
 @pytest.fixture
 def published(tmp_path):
-    store = build_store(tmp_path)
-    models_dir = build_models(tmp_path / "models")
-    models = load_models(models_dir, CONFIG, device="cpu")
-    cases = sorted(read_manifest(store)["case_id"])
+    store, models_dir, models, cases = build_setup(tmp_path)
     digest, generator = models.denoiser_ref.sha256, models.generator_ref.sha256
     plans = [
         *plan_enhancement(store, cases[:2], "icma", 1, CONFIG, digest, HASH),
